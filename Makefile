@@ -1,0 +1,33 @@
+# audiolab: `make train` runs the default job, `make test` the test suite; each installs first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.install.stamp
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := python3 -m uv
+endif
+
+.PHONY: install train test lint clean
+
+install: $(STAMP)
+
+# The stamp is rebuilt when the dependency spec or the lock changes; `--locked` refuses a stale lock.
+$(STAMP): pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --locked --extra dev
+	@touch $@
+
+train: $(STAMP)
+	$(PY) run.py $(ARGS)
+
+# The pytest exit status is also written to .pytest-status so that .ci/run can return it as is.
+test: $(STAMP)
+	@rm -f .pytest-status; status=0; $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	echo $$status > .pytest-status; exit $$status
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest-status .pytest_cache .ruff_cache

@@ -1,0 +1,160 @@
+"""Typed schemas for the `trainer`, `data` and `task` groups, and the range checks Hydra cannot do.
+
+Hydra rejects unknown keys and wrong types while composing (the schemas are merged under each
+group's YAML through its defaults list). Ranges and cross-group rules (a segment must be a multiple
+of the model's hop) are checked by `validate_config` before anything is built.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from audiolab.metrics.spectral import SPEC_FFT_SIZES
+
+
+class ConfigError(ValueError):
+    """A config value outside its allowed range; the message names the key."""
+
+
+@dataclass
+class TrainerConfig:
+    """How long to train, how often to validate, and where."""
+
+    max_steps: int = 600
+    val_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    overfit: bool = False  # train on one fixed batch (debug=overfit)
+    sample_clips: int = 2  # validation clips written to samples/ each validation
+    progress: bool = True
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+
+@dataclass
+class DataConfig:
+    """Fields every dataset shares; each dataset's schema extends it."""
+
+    _target_: str = "???"
+    sample_rate: int = 44100
+    segment: int = 16384
+    batch_size: int = 8
+    num_workers: int = 0
+    cache_dir: str = "${paths.cache}"
+
+
+@dataclass
+class SynthDataConfig(DataConfig):
+    """The built-in piano-like dataset."""
+
+    _target_: str = "audiolab.data.synth.build_synth_data"
+    train_seconds: float = 180.0
+    val_seconds: float = 30.0
+    clip_seconds: float = 10.0
+    seed: int = 0
+
+
+@dataclass
+class RestoreTaskConfig:
+    """Pitch-shift round-trip restoration."""
+
+    _target_: str = "audiolab.tasks.restore.PitchShiftRestore"
+    semitones: list[int] = field(default_factory=lambda: [-4, -3, -2, -1, 1, 2, 3, 4])
+    lowpass_impossible: bool = True
+    n_fft: int = 512
+    max_denominator: int = 64
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(group="schema/trainer", name="default", node=TrainerConfig)
+    cs.store(group="schema/data", name="synth", node=SynthDataConfig)
+    cs.store(group="schema/task", name="restore", node=RestoreTaskConfig)
+
+
+_SCHEMAS_BY_TARGET: dict[str, type] = {
+    SynthDataConfig._target_: SynthDataConfig,
+    RestoreTaskConfig._target_: RestoreTaskConfig,
+}
+
+
+def _typed(section: str, node: DictConfig) -> Any:
+    """Merge a plain (e.g. saved, resolved) section into its schema so types and keys are checked."""
+    schema = TrainerConfig if section == "trainer" else _SCHEMAS_BY_TARGET.get(node.get("_target_"))
+    if schema is None:
+        return None  # a dataset or task added later without a schema here: no typed check
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+
+
+def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is out of range: allowed {allowed}")
+
+
+def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
+    """Check value ranges and cross-group rules; raise ConfigError naming the key."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    trainer = _typed("trainer", cfg.trainer)
+    data = _typed("data", cfg.data) or cfg.data
+    _typed("task", cfg.task)
+
+    _need(trainer.max_steps >= 1, "trainer.max_steps", trainer.max_steps, ">= 1")
+    _need(trainer.val_every >= 1, "trainer.val_every", trainer.val_every, ">= 1")
+    _need(trainer.log_every >= 1, "trainer.log_every", trainer.log_every, ">= 1")
+    _need(trainer.sample_clips >= 0, "trainer.sample_clips", trainer.sample_clips, ">= 0")
+    _need(trainer.threads >= 0, "trainer.threads", trainer.threads, ">= 0")
+    _need(trainer.precision in ("auto", "bf16", "fp32"), "trainer.precision", trainer.precision,
+          "one of auto, bf16, fp32")
+    _need(trainer.device == "auto" or trainer.device == "cpu" or trainer.device.startswith("cuda"),
+          "trainer.device", trainer.device, "auto, cpu, cuda or cuda:N")
+
+    _need(data.sample_rate >= 8000, "data.sample_rate", data.sample_rate, ">= 8000")
+    _need(data.segment >= 1, "data.segment", data.segment, ">= 1")
+    _need(data.batch_size >= 1, "data.batch_size", data.batch_size, ">= 1")
+    _need(data.num_workers >= 0, "data.num_workers", data.num_workers, ">= 0")
+    min_segment = SPEC_FFT_SIZES[0]  # the fixed validation distance's largest STFT frame
+    _need(data.segment >= min_segment, "data.segment", data.segment,
+          f">= {min_segment} (the largest frame of the fixed val/spec_loss)")
+    if hop_length is not None:
+        _need(data.segment % hop_length == 0, "data.segment", data.segment,
+              f"a positive multiple of the model's hop ({hop_length}), e.g. "
+              f"{max(1, round(data.segment / hop_length)) * hop_length}")
+    if isinstance(data, SynthDataConfig):
+        _need(data.train_seconds > 0, "data.train_seconds", data.train_seconds, "> 0")
+        _need(data.val_seconds > 0, "data.val_seconds", data.val_seconds, "> 0")
+        _need(data.clip_seconds * data.sample_rate >= data.segment, "data.clip_seconds", data.clip_seconds,
+              f">= one segment ({data.segment / data.sample_rate:.3f} s)")
+
+    task = cfg.task
+    if "semitones" in task:
+        semis = list(task.semitones)
+        _need(len(semis) > 0 and all(s != 0 and abs(s) <= 12 for s in semis), "task.semitones", semis,
+              "a non-empty list of non-zero integers within ±12")
+
+    optim = cfg.optim
+    lr = optim.get("lr")
+    _need(lr is not None and math.isfinite(float(lr)) and float(lr) > 0, "optim.lr", lr, "> 0")
+    wd = float(optim.get("weight_decay", 0.0))
+    _need(wd >= 0, "optim.weight_decay", wd, ">= 0")
+    clip = optim.get("grad_clip")
+    _need(clip is None or float(clip) > 0, "optim.grad_clip", clip, "> 0, or null for no clipping")
+    sched = optim.get("scheduler", {})
+    warm = int(sched.get("warmup_steps", 0))
+    _need(warm >= 0, "optim.scheduler.warmup_steps", warm, ">= 0")
+    decay = sched.get("decay", "constant")
+    _need(decay in ("constant", "cosine"), "optim.scheduler.decay", decay, "constant or cosine")
+    floor = float(sched.get("min_lr_ratio", 0.0))
+    _need(0.0 <= floor <= 1.0, "optim.scheduler.min_lr_ratio", floor, "[0, 1]")
+
+    for name, term in cfg.loss.terms.items():
+        w = term.get("weight")
+        _need(w is not None and float(w) >= 0, f"loss.terms.{name}.weight", w, ">= 0")
+    _need(any(float(t.weight) > 0 for t in cfg.loss.terms.values()), "loss.terms", "all weights 0",
+          "at least one term with weight > 0")

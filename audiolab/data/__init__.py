@@ -1,0 +1,1 @@
+"""Datasets: the built-in synthetic piano music and clip caches."""

@@ -1,0 +1,1 @@
+"""Training losses: named, weighted terms built from config."""

@@ -1,0 +1,1 @@
+"""Metrics that judge runs independently of how they were trained."""

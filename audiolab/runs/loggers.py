@@ -1,0 +1,140 @@
+"""Experiment trackers behind one small interface: W&B (online or offline) or nothing.
+
+`metrics.jsonl` in the run directory is always written (by `RunRecord`); a tracker is an extra view.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_SECRET = re.compile(r"(api_?key|token|password|passwd|secret)", re.IGNORECASE)
+
+
+def redact(value: Any) -> Any:
+    """Copy of a config container with secret-looking keys and URL passwords masked."""
+    if isinstance(value, dict):
+        return {k: ("***" if _SECRET.search(str(k)) and v else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        return re.sub(r"(://[^:/@\s]+:)[^@/\s]+@", r"\1***@", value)
+    return value
+
+
+class NullLogger:
+    """Tracks nothing (`logger=none`)."""
+
+    run_id: str | None = None
+
+    def start(self, run_dir: Path, name: str, group: str, config: dict, run_id: str | None = None) -> str | None:
+        """Nothing to start."""
+        return None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Drop scalars."""
+
+    def log_media(self, step: int, audio: dict[str, tuple[np.ndarray, int]], images: dict[str, Path]) -> None:
+        """Drop media."""
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """Drop summary values."""
+
+    def add_tags(self, *tags: str) -> None:
+        """Drop tags."""
+
+    def finish(self, status: str) -> None:
+        """Nothing to close."""
+
+
+def wandb_api_key_configured() -> bool:
+    """True when W&B has a key: WANDB_API_KEY, or a netrc entry for the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host or "api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class WandbLogger(NullLogger):
+    """Logs to W&B: online when a key is configured and the server answers, offline otherwise.
+
+    With a key but an unreachable server `wandb.init` retries for about 100 s before raising; a short
+    `init_timeout` bounds that wait, after which the run continues offline (sync later with
+    `wandb sync <run_dir>/wandb/offline-run-*`). It never prompts: without a key it goes offline.
+    """
+
+    def __init__(self, project: str = "audiolab", entity: str | None = None, mode: str = "auto",
+                 tags: list[str] | None = None, init_timeout: float = 10.0) -> None:
+        if mode not in ("auto", "online", "offline"):
+            raise ValueError(f"logger.mode={mode!r}: allowed auto, online, offline (logger=none turns W&B off)")
+        self.project, self.entity, self.mode = project, entity, mode
+        self.tags = list(tags or [])
+        self.init_timeout = init_timeout
+        self.run = None
+
+    def _init(self, mode: str, **kwargs: Any) -> Any:
+        import wandb
+
+        settings = wandb.Settings(init_timeout=self.init_timeout, silent=True, console="off",
+                                  x_disable_stats=True)
+        return wandb.init(mode=mode, settings=settings, **kwargs)
+
+    def start(self, run_dir: Path, name: str, group: str, config: dict, run_id: str | None = None) -> str:
+        """Open (or resume, when run_id is given) the W&B run; return its id."""
+        import wandb
+
+        kwargs = dict(project=self.project, entity=self.entity, name=name, group=group, tags=self.tags,
+                      config=redact(config), dir=str(run_dir), id=run_id or wandb.util.generate_id(),
+                      resume="allow", reinit="finish_previous")
+        mode = self.mode
+        if mode == "auto":
+            mode = "online" if wandb_api_key_configured() else "offline"
+        if mode == "online":
+            try:
+                self.run = self._init("online", **kwargs)
+            except Exception as err:  # noqa: BLE001 - any failure to reach W&B means: go offline
+                first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                log.warning("W&B unreachable (%s); logging offline to %s/wandb", first_line[:200], run_dir)
+                mode = "offline"
+        if mode == "offline":
+            self.run = self._init("offline", **kwargs)
+        return self.run.id
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Log scalars at a training step."""
+        self.run.log(metrics, step=step)
+
+    def log_media(self, step: int, audio: dict[str, tuple[np.ndarray, int]], images: dict[str, Path]) -> None:
+        """Log audio clips and images at a training step."""
+        import wandb
+
+        payload: dict[str, Any] = {k: wandb.Audio(a.squeeze(), sample_rate=sr) for k, (a, sr) in audio.items()}
+        payload.update({k: wandb.Image(str(p)) for k, p in images.items()})
+        self.run.log(payload, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """Set run summary values (e.g. the best val/spec_loss)."""
+        for k, v in values.items():
+            self.run.summary[k] = v
+
+    def add_tags(self, *tags: str) -> None:
+        """Add tags to the run."""
+        self.run.tags = tuple(dict.fromkeys([*self.run.tags, *tags]))
+
+    def finish(self, status: str) -> None:
+        """Close the run; a non-completed status is reported as a non-zero exit code."""
+        if self.run is not None:
+            self.run.finish(exit_code=0 if status == "completed" else 1)
+            self.run = None

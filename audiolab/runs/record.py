@@ -1,0 +1,125 @@
+"""The files that make a run directory self-describing: `run.json` and `metrics.jsonl`."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from audiolab.runs.numbering import parse_number
+
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+
+def now_iso() -> str:
+    """Current UTC time, ISO 8601."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to path via a temporary file and os.replace, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def git_state(cwd: Path | None = None) -> dict[str, Any]:
+    """The current git commit and whether the work tree has uncommitted changes (None outside git)."""
+    where = cwd or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of python and the packages that decide a run's numbers."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("audiolab", "torch", "torchaudio", "numpy", "hydra-core", "omegaconf", "auraloss", "wandb"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+class RunRecord:
+    """Reads and updates `run.json` and appends scalars to `metrics.jsonl` in one run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = Path(run_dir)
+        self.json_path = self.dir / "run.json"
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self.data: dict[str, Any] = json.loads(self.json_path.read_text()) if self.json_path.exists() else {}
+
+    @classmethod
+    def create(cls, run_dir: Path, **fields: Any) -> RunRecord:
+        """Start a fresh record for a new run."""
+        record = cls(run_dir)
+        record.data = {
+            "number": parse_number(record.dir.name),
+            "name": record.dir.name,
+            "dir": str(record.dir),
+            "status": "running",
+            "started": now_iso(),
+            "ended": None,
+            "git": git_state(),
+            "host": socket.gethostname(),
+            "argv": sys.argv,
+            "versions": versions(),
+            **fields,
+        }
+        record.save()
+        return record
+
+    def update(self, **fields: Any) -> None:
+        """Merge fields into run.json and write it atomically."""
+        self.data.update(fields)
+        self.save()
+
+    def save(self) -> None:
+        """Write run.json atomically."""
+        atomic_write_text(self.json_path, json.dumps(self.data, indent=2, default=str) + "\n")
+
+    def finish(self, status: str, **fields: Any) -> None:
+        """Record the final status and end time."""
+        assert status in STATUSES, status
+        ended = now_iso()
+        self.update(status=status, ended=ended, **fields)
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Append one line {"step": step, key: value, ...} to metrics.jsonl."""
+        line = json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}})
+        with self.metrics_path.open("a") as f:
+            f.write(line + "\n")
+
+    def truncate_metrics_after(self, step: int) -> None:
+        """Drop lines logged after `step` (by a run that crashed past its last checkpoint)."""
+        if not self.metrics_path.exists():
+            return
+        keep = [line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in keep))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """All lines of a run's metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

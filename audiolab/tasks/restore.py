@@ -1,0 +1,72 @@
+"""Pitch-shift restoration: undo the artefacts of a +k / -k semitone pitch-shift round trip.
+
+Each clean clip x is shifted by k semitones and back by -k (phase vocoder plus resampling, see
+`audiolab.tasks.pitch`); the model maps the degraded clip back to x.
+
+Impossible frequencies. Shifting up by k > 0 multiplies every frequency f by r = 2^(k/12). At sample
+rate sr, anything with r*f > sr/2 lands above Nyquist and the resampler's anti-alias filter removes
+it, so the original content above
+
+    f_c = (sr / 2) * 2^(-k/12)
+
+is destroyed before the shift back down; no model can know what it was. The target is therefore
+low-passed at f_c (zero-phase), so the loss does not reward inventing it. Shifting down first (k < 0)
+maps f to f/r <= sr/2 and back, so nothing is lost and the target stays untouched.
+`lowpass_impossible=false` turns this off. With the rational ratio p/q used here f_c = (sr/2) * q/p
+exactly. At 44.1 kHz: k=1 -> 20.8 kHz, k=2 -> 19.6 kHz, k=3 -> 18.5 kHz, k=4 -> 17.5 kHz.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from audiolab.tasks.pitch import lowpass_fft, pitch_shift, semitone_ratio
+
+
+class PitchShiftRestore:
+    """Makes (degraded, target) pairs on the training device, batched by semitone shift."""
+
+    has_input_baseline = True  # the degraded input is a meaningful do-nothing baseline
+
+    def __init__(self, sample_rate: int, semitones: Sequence[int] = (-4, -3, -2, -1, 1, 2, 3, 4),
+                 lowpass_impossible: bool = True, n_fft: int = 512, max_denominator: int = 64) -> None:
+        self.sample_rate = sample_rate
+        self.semitones = [int(k) for k in semitones]
+        self.lowpass_impossible = lowpass_impossible
+        self.n_fft = n_fft
+        self.ratios = {k: semitone_ratio(k, max_denominator) for k in self.semitones}
+
+    def cutoff_hz(self, k: int) -> float | None:
+        """Highest recoverable frequency after a +k/-k round trip (None: nothing is lost)."""
+        ratio = self.ratios[k]
+        return self.sample_rate / 2 / float(ratio) if ratio > 1 else None
+
+    def degrade(self, clean: torch.Tensor, semitones: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Round-trip each example of clean (B, C, T) by its own k; return (degraded, target)."""
+        degraded = torch.empty_like(clean)
+        target = clean.clone()
+        ks = torch.as_tensor(list(semitones))
+        for k in sorted(set(int(v) for v in semitones)):  # one batched shift per distinct k
+            idx = torch.nonzero(ks == k).flatten().to(clean.device)
+            group = clean.index_select(0, idx)
+            ratio = self.ratios[k]
+            shifted = pitch_shift(pitch_shift(group, ratio, self.n_fft), 1 / ratio, self.n_fft)
+            degraded.index_copy_(0, idx, shifted)
+            cutoff = self.cutoff_hz(k)
+            if self.lowpass_impossible and cutoff is not None:
+                target.index_copy_(0, idx, lowpass_fft(group, cutoff, self.sample_rate))
+        return degraded, target
+
+    def training_pair(self, clean: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pair with k drawn at random per example from the configured set."""
+        ks = rng.choice(self.semitones, size=clean.shape[0])
+        return self.degrade(clean, ks.tolist())
+
+    def validation_pair(self, clean: torch.Tensor, first_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pair with k cycling through the set by crop index, identical in every run."""
+        n = len(self.semitones)
+        ks = [self.semitones[(first_index + i) % n] for i in range(clean.shape[0])]
+        return self.degrade(clean, ks)

@@ -1,0 +1,26 @@
+"""Device and precision choice."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else CPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"trainer.device={spec!r} but CUDA is not available here; use trainer.device=auto")
+    return device
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """bf16 autocast on CUDA (when supported) for `auto`, explicit `bf16` anywhere, else None (fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None

@@ -1,0 +1,274 @@
+"""The training loop: restore, then train, validate, checkpoint, log. Reads top to bottom.
+
+Everything random in a step is seeded by (seed, step): the crops, the degradation, and (through the
+global torch RNG saved in every checkpoint) dropout. So a run resumed from step k replays exactly what
+an uninterrupted run would have done, bitwise on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from audiolab.data.clips import AudioData, fixed_crops, train_loader
+from audiolab.losses.composite import build_loss
+from audiolab.metrics.spectral import SpecDistance
+from audiolab.optim.build import build_optimizer, build_scheduler
+from audiolab.runs.loggers import NullLogger
+from audiolab.runs.record import RunRecord
+from audiolab.runs.samples import write_samples
+from audiolab.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from audiolab.train.device import autocast_dtype, pick_device
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss, gradient norm or validation distance became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    """How a call to `train` ended."""
+
+    status: str  # completed | interrupted
+    step: int
+    best_value: float
+    best_step: int | None
+    last_val: dict[str, float] = field(default_factory=dict)
+    signal: int | None = None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[list[int]]:
+    """While active, SIGINT/SIGTERM only record themselves; the loop checks and stops cleanly."""
+    received: list[int] = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        if received:  # a second signal: the user means it
+            raise KeyboardInterrupt
+        received.append(signum)
+        log.warning("received %s: finishing this step, saving last.pt and stopping",
+                    signal.Signals(signum).name)
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class Validator:
+    """Fixed validation crops, their degraded inputs and targets, and the fixed `val/spec_loss`."""
+
+    def __init__(self, data: AudioData, task: Any, device: torch.device, n_samples: int) -> None:
+        crops = fixed_crops(data.val, data.segment)
+        if not crops:
+            raise ValueError(f"the validation split has no clip of at least one segment ({data.segment} samples)")
+        clean = torch.from_numpy(np.stack([data.val.crop(c, s, data.segment) for c, s in crops])).to(device)
+        pairs = [task.validation_pair(clean[i:i + data.batch_size], i)
+                 for i in range(0, len(clean), data.batch_size)]
+        self.inputs = torch.cat([p[0] for p in pairs])
+        self.targets = torch.cat([p[1] for p in pairs])
+        self.batch_size = data.batch_size
+        self.sample_rate = data.sample_rate
+        self.distance = SpecDistance().to(device)
+        # Sample clips spread over the validation set, the same in every run.
+        self.sample_index = np.linspace(0, len(crops) - 1, n_samples).round().astype(int).tolist() if n_samples else []
+        self.baseline = self.mean_distance(self.inputs) if task.has_input_baseline else None
+
+    def mean_distance(self, outputs: torch.Tensor) -> float:
+        """Crop-weighted mean of the fixed spectral distance between outputs and targets."""
+        total = 0.0
+        for i in range(0, len(outputs), self.batch_size):
+            out, tgt = outputs[i:i + self.batch_size], self.targets[i:i + self.batch_size]
+            total += float(self.distance(out, tgt)) * len(out)
+        return total / len(outputs)
+
+    @torch.no_grad()
+    def run(self, model: torch.nn.Module, amp: torch.dtype | None) -> tuple[dict[str, float], torch.Tensor]:
+        """Validate in eval mode (then restore train mode); return metrics and all outputs."""
+        was_training = model.training
+        model.eval()
+        try:
+            outputs = []
+            for i in range(0, len(self.inputs), self.batch_size):
+                with torch.autocast(self.inputs.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    outputs.append(model(self.inputs[i:i + self.batch_size]).float())
+            outputs = torch.cat(outputs)
+        finally:
+            model.train(was_training)
+        metrics = {"val/spec_loss": self.mean_distance(outputs)}
+        if self.baseline is not None:
+            metrics["val/spec_loss_input"] = self.baseline
+            metrics["val/improvement"] = 1.0 - metrics["val/spec_loss"] / self.baseline
+        return metrics, outputs
+
+    def sample_clips(self, outputs: torch.Tensor) -> dict[str, list[np.ndarray]]:
+        """input/output/target audio of the fixed sample clips, as numpy arrays."""
+        pick = lambda t: [t[i].detach().cpu().float().numpy() for i in self.sample_index]  # noqa: E731
+        return {"input": pick(self.inputs), "output": pick(outputs), "target": pick(self.targets)}
+
+
+def _checkpoint_payload(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
+                        best_value: float, best_step: int | None, cfg: DictConfig) -> dict[str, Any]:
+    return {
+        "format": 1,
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "best": {"value": best_value, "step": best_step},
+        "rng": capture_rng(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None, resume: bool = False,
+          after_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Train `cfg` in `record.dir`; with resume=True continue from checkpoints/last.pt."""
+    tracker = tracker or NullLogger()
+    run_dir = record.dir
+    trainer = cfg.trainer
+    if trainer.threads:
+        torch.set_num_threads(int(trainer.threads))
+    device = pick_device(trainer.device)
+    amp = autocast_dtype(device, trainer.precision)
+    seed_everything(int(trainer.seed))
+
+    # --- build ---------------------------------------------------------------------------------
+    model: torch.nn.Module = instantiate(cfg.model).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    data: AudioData = instantiate(cfg.data)
+    task = instantiate(cfg.task, sample_rate=data.sample_rate)
+    loss_fn = build_loss(cfg.loss).to(device)
+    optimizer = build_optimizer(cfg.optim, model)
+    scheduler = build_scheduler(cfg.optim, optimizer, int(trainer.max_steps))
+    validator = Validator(data, task, device, int(trainer.sample_clips))
+    grad_clip = float(cfg.optim.grad_clip) if cfg.optim.get("grad_clip") else math.inf
+    log.info("model %s: %s parameters (%.2f M) on %s%s", cfg.model._target_.rsplit(".", 1)[-1],
+             f"{n_params:,}", n_params / 1e6, device, f", {amp} autocast" if amp else "")
+    record.update(parameters=n_params, device=str(device), precision=str(amp or torch.float32))
+
+    # --- restore -------------------------------------------------------------------------------
+    step, best_value, best_step = 0, math.inf, None
+    if resume:
+        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step, best_value, best_step = ckpt["step"], ckpt["best"]["value"], ckpt["best"]["step"]
+        restore_rng(ckpt["rng"])
+        record.truncate_metrics_after(step)
+        log.info("resumed from step %d (best val/spec_loss %.5f at step %s)", step, best_value, best_step)
+    if validator.baseline is not None:
+        log.info("val/spec_loss_input (do-nothing baseline): %.5f", validator.baseline)
+
+    def checkpoint(name: str) -> None:
+        save_checkpoint(run_dir / "checkpoints" / name,
+                        _checkpoint_payload(model, optimizer, scheduler, step, best_value, best_step, cfg))
+
+    # --- train ---------------------------------------------------------------------------------
+    max_steps = int(trainer.max_steps)
+    seed = int(trainer.seed)
+    loader = train_loader(data.train, data.segment, data.batch_size, seed, start_step=step,
+                          num_workers=data.num_workers, fixed_batch=bool(trainer.overfit),
+                          pin_memory=device.type == "cuda")
+    batches = iter(loader)
+    last_val: dict[str, float] = {}
+    model.train()
+    bar = tqdm(total=max_steps, initial=step, desc=run_dir.name, dynamic_ncols=True, leave=False,
+               disable=None if trainer.progress else True)
+    window_start, window_steps = time.perf_counter(), 0
+    with stop_on_signals() as received:
+        while step < max_steps and not received:
+            clean = next(batches).to(device, non_blocking=True)
+            inputs, targets = task.training_pair(clean, np.random.default_rng([seed, step, 1]))
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                outputs = model(inputs)
+            loss, terms = loss_fn(outputs, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            loss_value, grad_value = float(loss.detach()), float(grad_norm)  # one sync per step
+            if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step + 1}: loss={loss_value}, grad_norm={grad_value}, terms="
+                    + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                    + " (stopped without checkpointing; try a lower optim.lr or tighter optim.grad_clip)")
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            window_steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+
+            if step % int(trainer.log_every) == 0 or step == max_steps:
+                elapsed = time.perf_counter() - window_start
+                metrics = {"train/loss": loss_value, "train/grad_norm": grad_value,
+                           "train/lr": scheduler.get_last_lr()[0],
+                           **{f"train/{k}": float(v) for k, v in terms.items()}}
+                perf = {"perf/steps_per_s": window_steps / elapsed,
+                        "perf/audio_s_per_s": window_steps * data.batch_size * data.segment / data.sample_rate / elapsed}
+                record.log_metrics(step, metrics | perf)
+                tracker.log(metrics | perf, step)
+                log.debug("step %d %s", step, " ".join(f"{k}={v:.5g}" for k, v in (metrics | perf).items()))
+                window_start, window_steps = time.perf_counter(), 0
+
+            # --- validate, checkpoint, log ---------------------------------------------------------
+            if step % int(trainer.val_every) == 0 or step == max_steps:
+                last_val, outputs_val = validator.run(model, amp)
+                if not math.isfinite(last_val["val/spec_loss"]):
+                    raise NonFiniteLossError(f"non-finite val/spec_loss at step {step} (not checkpointed)")
+                improved = last_val["val/spec_loss"] < best_value
+                if improved:
+                    best_value, best_step = last_val["val/spec_loss"], step
+                checkpoint("last.pt")
+                if improved:
+                    checkpoint("best.pt")
+                record.log_metrics(step, last_val)
+                record.update(best_val_spec_loss=best_value, best_step=best_step, step=step)
+                clips = validator.sample_clips(outputs_val)
+                _, png = write_samples(run_dir / "samples", step, clips, data.sample_rate)
+                tracker.log(last_val, step)
+                tracker.log_media(step, {f"samples/clip{i}_{role}": (audio, data.sample_rate)
+                                         for role, items in clips.items() for i, audio in enumerate(items)},
+                                  {"samples/spectrograms": png})
+                tracker.summary({"best/val_spec_loss": best_value, "best/step": best_step})
+                log.info("step %d: val/spec_loss %.5f%s (best %.5f at step %d)", step, last_val["val/spec_loss"],
+                         f", val/improvement {last_val['val/improvement']:+.4f}" if "val/improvement" in last_val
+                         else "", best_value, best_step)
+                window_start, window_steps = time.perf_counter(), 0
+            if after_step is not None:
+                after_step(step)
+
+        if received:
+            checkpoint("last.pt")
+            log.warning("interrupted at step %d; resume with: python run.py resume=%s", step, run_dir)
+    bar.close()
+    return TrainResult(status="interrupted" if received else "completed", step=step, best_value=best_value,
+                       best_step=best_step, last_val=last_val, signal=received[0] if received else None)
+

@@ -1,0 +1,37 @@
+"""Train one run, or a grid of runs with `-m`: `python run.py [-m] [overrides...]`.
+
+Every run gets its own numbered directory `outputs/outputNN`; see README.md.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from audiolab.config import ConfigError, register_configs
+from audiolab.config.resolvers import register_resolvers
+
+register_configs()
+register_resolvers()
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """Hydra task: train (or resume) and return the best val/spec_loss for sweepers to minimise."""
+    from audiolab.runs.session import RunFailed, RunInterrupted, launch_from_hydra
+
+    try:
+        return launch_from_hydra(cfg)
+    except ConfigError as err:
+        print(f"audiolab: config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except RunFailed:
+        raise SystemExit(1) from None
+    except RunInterrupted as err:
+        raise SystemExit(128 + err.signum) from None
+
+
+if __name__ == "__main__":
+    main()
