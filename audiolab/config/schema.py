@@ -25,8 +25,8 @@ class ConfigError(ValueError):
 class TrainerConfig:
     """How long to train, how often to validate, and where."""
 
-    max_steps: int = 600
-    val_every: int = 200
+    max_steps: int = 2000
+    val_every: int = 250
     log_every: int = 10
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N

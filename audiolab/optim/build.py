@@ -40,7 +40,8 @@ def lr_factor(step: int, warmup_steps: int, max_steps: int, decay: str, min_lr_r
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer,
+                    max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR following `lr_factor` with the configured warm-up and decay."""
     s = cfg.scheduler
     return torch.optim.lr_scheduler.LambdaLR(

@@ -62,4 +62,5 @@ def find_run_dir(ref: str, outputs: str | os.PathLike = "outputs") -> Path:
     for c in candidates:
         if c.is_dir():
             return c.absolute()
-    raise FileNotFoundError(f"no run directory {ref!r} (looked for {', '.join(str(c) for c in [as_path, *candidates])})")
+    looked = ", ".join(str(c) for c in [as_path, *candidates])
+    raise FileNotFoundError(f"no run directory {ref!r} (looked for {looked})")

@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from audiolab.config.overrides import apply_overrides
-from audiolab.config.schema import ConfigError, validate_config
+from audiolab.config.schema import validate_config
 from audiolab.runs.loggers import NullLogger, redact
 from audiolab.runs.numbering import allocate, find_run_dir
 from audiolab.runs.record import RunRecord, atomic_write_text, git_state, now_iso
@@ -112,6 +112,10 @@ def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_
             record.update(status="running", ended=None, resumes=resumes, error=None)
         else:
             save_resolved_config(run_dir, cfg)
+            if not (run_dir / ".hydra").exists():  # started outside Hydra: keep the same layout
+                (run_dir / ".hydra").mkdir()
+                atomic_write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+                atomic_write_text(run_dir / ".hydra" / "overrides.yaml", yaml.safe_dump(meta.get("overrides", [])))
             record = RunRecord.create(run_dir, **meta)
         log.info("audiolab: %s %s -> %s", "resuming" if resume else "run", run_dir.name, run_dir)
 
@@ -186,9 +190,5 @@ def reproduce(ref: str, overrides: list[str], outputs: str = "outputs") -> Train
         log.warning("warning: %s was made at commit %s, the code here is at %s; results may differ",
                     source.name, recorded[:12], current[:12])
     run_dir = allocate(source.parent)
-    hydra_dir = run_dir / ".hydra"
-    hydra_dir.mkdir()
-    (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     meta = {"reproduces": original.get("number"), "reproduces_dir": str(source), "overrides": overrides}
     return run_training(cfg, run_dir, meta=meta)

@@ -206,7 +206,9 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
     with stop_on_signals() as received:
         while step < max_steps and not received:
             clean = next(batches).to(device, non_blocking=True)
-            inputs, targets = task.training_pair(clean, np.random.default_rng([seed, step, 1]))
+            # Overfit mode repeats step 0's crops and degradation: one truly fixed batch.
+            task_rng = np.random.default_rng([seed, 0 if trainer.overfit else step, 1])
+            inputs, targets = task.training_pair(clean, task_rng)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 outputs = model(inputs)
             loss, terms = loss_fn(outputs, targets)
@@ -217,7 +219,7 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
             if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
                 raise NonFiniteLossError(
                     f"non-finite loss at step {step + 1}: loss={loss_value}, grad_norm={grad_value}, terms="
-                    + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                    + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                     + " (stopped without checkpointing; try a lower optim.lr or tighter optim.grad_clip)")
             optimizer.step()
             scheduler.step()
@@ -230,9 +232,9 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
                 elapsed = time.perf_counter() - window_start
                 metrics = {"train/loss": loss_value, "train/grad_norm": grad_value,
                            "train/lr": scheduler.get_last_lr()[0],
-                           **{f"train/{k}": float(v) for k, v in terms.items()}}
-                perf = {"perf/steps_per_s": window_steps / elapsed,
-                        "perf/audio_s_per_s": window_steps * data.batch_size * data.segment / data.sample_rate / elapsed}
+                           **{f"train/{k}": float(v.detach()) for k, v in terms.items()}}
+                audio_seconds = window_steps * data.batch_size * data.segment / data.sample_rate
+                perf = {"perf/steps_per_s": window_steps / elapsed, "perf/audio_s_per_s": audio_seconds / elapsed}
                 record.log_metrics(step, metrics | perf)
                 tracker.log(metrics | perf, step)
                 log.debug("step %d %s", step, " ".join(f"{k}={v:.5g}" for k, v in (metrics | perf).items()))
@@ -251,12 +253,13 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
                     checkpoint("best.pt")
                 record.log_metrics(step, last_val)
                 record.update(best_val_spec_loss=best_value, best_step=best_step, step=step)
-                clips = validator.sample_clips(outputs_val)
-                _, png = write_samples(run_dir / "samples", step, clips, data.sample_rate)
                 tracker.log(last_val, step)
-                tracker.log_media(step, {f"samples/clip{i}_{role}": (audio, data.sample_rate)
-                                         for role, items in clips.items() for i, audio in enumerate(items)},
-                                  {"samples/spectrograms": png})
+                if validator.sample_index:
+                    clips = validator.sample_clips(outputs_val)
+                    _, png = write_samples(run_dir / "samples", step, clips, data.sample_rate)
+                    tracker.log_media(step, {f"samples/clip{i}_{role}": (audio, data.sample_rate)
+                                             for role, items in clips.items() for i, audio in enumerate(items)},
+                                      {"samples/spectrograms": png})
                 tracker.summary({"best/val_spec_loss": best_value, "best/step": best_step})
                 log.info("step %d: val/spec_loss %.5f%s (best %.5f at step %d)", step, last_val["val/spec_loss"],
                          f", val/improvement {last_val['val/improvement']:+.4f}" if "val/improvement" in last_val

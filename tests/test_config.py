@@ -1,0 +1,82 @@
+"""Config composition, typed schemas and range checks, through Hydra's compose API and the real CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from audiolab.config import ConfigError, validate_config
+from audiolab.runs.session import model_hop
+from conftest import CONF, compose_config, run_cli
+
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_option_composes_and_validates(group: str, option: str) -> None:
+    cfg = compose_config([f"{group}={option}"])
+    validate_config(cfg, model_hop(cfg))
+    assert cfg.trainer.max_steps >= 1
+
+
+def test_every_group_has_options() -> None:
+    for group in ("task", "data", "model", "loss", "optim", "augment", "trainer", "logger", "debug"):
+        assert _options(group), group
+
+
+def test_loss_terms_have_weights_and_can_be_swept() -> None:
+    cfg = compose_config(["loss=mrstft_l1", "loss.terms.mrstft.weight=2"])
+    assert set(cfg.loss.terms) == {"mrstft", "l1"}
+    assert cfg.loss.terms.mrstft.weight == 2 and cfg.loss.terms.l1.weight == 1.0
+
+
+@pytest.mark.parametrize("override,key", [
+    ("trainer.max_stepz=3", "max_stepz"),
+    ("trainer.max_steps=abc", "max_steps"),
+    ("data.segmnt=4096", "segmnt"),
+    ("task.lowpass_impossible=maybe", "lowpass_impossible"),
+])
+def test_schema_rejects_unknown_keys_and_wrong_types(override: str, key: str) -> None:
+    with pytest.raises((ConfigCompositionException, ValidationError)) as err:
+        compose_config([override])
+    assert key in str(err.value) or key in str(err.value.__cause__)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("optim.lr=-1e-3", "optim.lr"),
+    ("trainer.max_steps=0", "trainer.max_steps"),
+    ("data.segment=4100", "data.segment"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("trainer.precision=fp8", "trainer.precision"),
+    ("loss.terms.mrstft.weight=-1", "loss.terms.mrstft.weight"),
+    ("task.semitones=[0]", "task.semitones"),
+])
+def test_range_errors_name_the_key(override: str, key: str) -> None:
+    cfg = compose_config([override])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
+        validate_config(cfg, model_hop(cfg))
+    assert "allowed" in str(err.value)
+
+
+def test_segment_must_be_a_multiple_of_the_hop() -> None:
+    cfg = compose_config(["model=convnext1d_big", "data.segment=16640"])  # 65 * 256, not * 512
+    with pytest.raises(ConfigError, match=r"data\.segment.*hop \(512\)"):
+        validate_config(cfg, model_hop(cfg))
+
+
+@pytest.mark.parametrize("override,key", [("optim.lr=-1", "optim.lr"), ("trainer.max_steps=abc", "max_steps")])
+def test_cli_bad_values_exit_nonzero_and_leave_no_run_dir(override: str, key: str, tmp_path: Path,
+                                                          cli_env: dict[str, str]) -> None:
+    outputs = tmp_path / "outputs"
+    proc = run_cli(["debug=fast", "logger=none", f"paths.outputs={outputs}", override], cli_env, tmp_path)
+    assert proc.returncode != 0
+    assert key in proc.stderr + proc.stdout
+    leftovers = [p.name for p in outputs.iterdir()] if outputs.exists() else []
+    assert not [n for n in leftovers if n.startswith("output")], leftovers

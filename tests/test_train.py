@@ -1,0 +1,128 @@
+"""Tiny end-to-end trainings on CPU: files, resume equivalence, reproduce, failure handling."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from hydra.utils import instantiate
+
+from audiolab.cli import main as audiolab_main
+from audiolab.runs.record import read_metrics
+from audiolab.runs.session import RunFailed, RunInterrupted, load_resolved_config, run_training
+from audiolab.train.checkpoint import load_checkpoint
+from audiolab.train.loop import Validator
+from conftest import compose_config
+
+
+def _reproducible(metrics: list[dict]) -> list[dict]:
+    """Metrics minus wall-clock throughput, which no two runs share."""
+    return [{k: v for k, v in m.items() if not k.startswith("perf/")} for m in metrics]
+
+
+def test_tiny_run_writes_everything(run_tiny) -> None:
+    run_dir, result = run_tiny()
+    assert run_dir.name == "output01"
+    for name in (".hydra", "run.json", "metrics.jsonl", "train.log", "config_resolved.yaml",
+                 "checkpoints/last.pt", "checkpoints/best.pt", "samples"):
+        assert (run_dir / name).exists(), name
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["number"] == 1 and info["status"] == "completed"
+    assert info["parameters"] > 0 and info["device"] == "cpu"
+    assert {"commit", "dirty"} <= set(info["git"]) and info["versions"]["torch"]
+    assert info["started"] and info["ended"] and info["host"]
+    assert math.isfinite(info["best_val_spec_loss"]) and info["best_step"] == 3
+    assert result.best_value == info["best_val_spec_loss"]
+
+    metrics = read_metrics(run_dir)
+    val = [m for m in metrics if "val/spec_loss" in m]
+    assert len(val) == 1 and val[0]["step"] == 3
+    assert math.isfinite(val[0]["val/spec_loss"]) and val[0]["val/spec_loss_input"] > 0
+    assert val[0]["val/improvement"] == pytest.approx(1 - val[0]["val/spec_loss"] / val[0]["val/spec_loss_input"])
+    assert [m["step"] for m in metrics if "train/loss" in m] == [1, 2, 3]
+
+    wavs = sorted((run_dir / "samples").glob("*.wav"))
+    assert [w.name.split("_", 2)[-1] for w in wavs] == ["input.wav", "output.wav", "target.wav"]
+    audio, sr = sf.read(wavs[0])
+    assert sr == 44100 and len(audio) == 4096
+    assert list((run_dir / "samples").glob("*.png"))
+
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert {"model", "optimizer", "scheduler", "step", "rng", "config", "best"} <= set(ckpt)
+    assert ckpt["step"] == 3 and ckpt["config"]["trainer"]["max_steps"] == 3
+    assert {"python", "numpy", "torch"} <= set(ckpt["rng"])
+    assert "step 3: val/spec_loss" in (run_dir / "train.log").read_text()
+
+
+def test_resume_after_sigterm_is_bitwise_identical(run_tiny, outputs: Path) -> None:
+    extra = ("trainer.max_steps=6", "trainer.val_every=3", "model.dropout=0.1")
+    full_dir, _ = run_tiny(*extra)
+
+    def interrupt_at_4(step: int) -> None:
+        if step == 4:
+            signal.raise_signal(signal.SIGTERM)
+
+    with pytest.raises(RunInterrupted):
+        run_tiny(*extra, after_step=interrupt_at_4)
+    cut_dir = outputs / "output02"
+    info = json.loads((cut_dir / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["step"] == 4
+    assert load_checkpoint(cut_dir / "checkpoints" / "last.pt")["step"] == 4
+
+    run_training(load_resolved_config(cut_dir), cut_dir, resume=True)
+    assert json.loads((cut_dir / "run.json").read_text())["status"] == "completed"
+    assert _reproducible(read_metrics(cut_dir)) == _reproducible(read_metrics(full_dir))
+    full = load_checkpoint(full_dir / "checkpoints" / "last.pt")
+    cut = load_checkpoint(cut_dir / "checkpoints" / "last.pt")
+    assert full["step"] == cut["step"] == 6
+    for name, tensor in full["model"].items():
+        assert torch.equal(tensor, cut["model"][name]), name
+
+
+def test_reproduce_gives_identical_metrics(run_tiny, outputs: Path, monkeypatch) -> None:
+    source, _ = run_tiny("trainer.max_steps=4", "trainer.val_every=2")
+    monkeypatch.chdir(outputs.parent)
+    assert audiolab_main(["reproduce", "output01", "--outputs", str(outputs)]) == 0
+    copy = outputs / "output02"
+    info = json.loads((copy / "run.json").read_text())
+    assert info["reproduces"] == 1 and info["status"] == "completed"
+    assert _reproducible(read_metrics(copy)) == _reproducible(read_metrics(source))
+    assert (copy / ".hydra" / "config.yaml").is_file()
+
+    assert audiolab_main(["reproduce", "1", "--outputs", str(outputs), "trainer.max_steps=2"]) == 0
+    info = json.loads((outputs / "output03" / "run.json").read_text())
+    assert info["overrides"] == ["trainer.max_steps=2"] and info["step"] == 2
+    assert audiolab_main(["reproduce", "1", "--outputs", str(outputs), "trainer.no_such_key=2"]) == 2
+
+
+def test_validation_runs_in_eval_mode(tiny_overrides: list[str]) -> None:
+    """With heavy dropout, validating twice gives the same numbers, and training mode comes back."""
+    cfg = compose_config([*tiny_overrides, "model.dropout=0.5", "model.predict_residual=false"])
+    model = instantiate(cfg.model)
+    for module in model.modules():  # full-strength blocks, so dropout visibly changes the output
+        if hasattr(module, "gamma"):
+            module.gamma.data.fill_(1.0)
+    data = instantiate(cfg.data)
+    validator = Validator(data, instantiate(cfg.task, sample_rate=data.sample_rate), torch.device("cpu"), 1)
+    model.train()
+    first, out1 = validator.run(model, None)
+    second, out2 = validator.run(model, None)
+    assert model.training
+    assert first == second and torch.equal(out1, out2)
+    with torch.no_grad():
+        noisy = [model(validator.inputs[:2]) for _ in range(2)]
+    assert not torch.equal(noisy[0], noisy[1])  # dropout is live in train mode, so eval mode mattered
+
+
+def test_injected_nan_fails_clearly_without_checkpoint(run_tiny, outputs: Path) -> None:
+    with pytest.raises(RunFailed, match="non-finite loss at step 2"):
+        run_tiny("model._target_=helpers.NaNAfter", "+model.nan_at=2")
+    run_dir = outputs / "output01"
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "failed" and "non-finite loss" in info["error"]
+    assert not (run_dir / "checkpoints" / "last.pt").exists()
