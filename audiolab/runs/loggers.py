@@ -9,6 +9,7 @@ import logging
 import netrc
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -67,12 +68,26 @@ def wandb_api_key_configured() -> bool:
         return False
 
 
+def wandb_server_error(timeout: float) -> str | None:
+    """Why the W&B server cannot be reached (None when a TCP connection to it succeeds)."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "api.wandb.ai", port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"{url.hostname}:{port}: {err.strerror or err}"
+
+
 class WandbLogger(NullLogger):
     """Logs to W&B: online when a key is configured and the server answers, offline otherwise.
 
-    With a key but an unreachable server `wandb.init` retries for about 100 s before raising; a short
-    `init_timeout` bounds that wait, after which the run continues offline (sync later with
-    `wandb sync <run_dir>/wandb/offline-run-*`). It never prompts: without a key it goes offline.
+    With a key but an unreachable server `wandb.init` retries for about 100 s before raising, and
+    after a failed online init the same process could not start an offline run either (measured with
+    wandb 0.25: the second init timed out too). So the server is probed first, with a short timeout,
+    and an unreachable server means offline from the start (sync later with
+    `wandb sync <run_dir>/wandb/offline-run-*`). If the server answers but online init still fails,
+    the run goes on without W&B; metrics.jsonl has everything. It never prompts: no key means offline.
     """
 
     def __init__(self, project: str = "audiolab", entity: str | None = None, mode: str = "auto",
@@ -85,14 +100,15 @@ class WandbLogger(NullLogger):
         self.run = None
 
     def _init(self, mode: str, **kwargs: Any) -> Any:
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # no crash reports to the network
         import wandb
 
         settings = wandb.Settings(init_timeout=self.init_timeout, silent=True, console="off",
                                   x_disable_stats=True)
         return wandb.init(mode=mode, settings=settings, **kwargs)
 
-    def start(self, run_dir: Path, name: str, group: str, config: dict, run_id: str | None = None) -> str:
-        """Open (or resume, when run_id is given) the W&B run; return its id."""
+    def start(self, run_dir: Path, name: str, group: str, config: dict, run_id: str | None = None) -> str | None:
+        """Open (or resume, when run_id is given) the W&B run; return its id (None if W&B is off)."""
         import wandb
 
         kwargs = dict(project=self.project, entity=self.entity, name=name, group=group, tags=self.tags,
@@ -102,22 +118,30 @@ class WandbLogger(NullLogger):
         if mode == "auto":
             mode = "online" if wandb_api_key_configured() else "offline"
         if mode == "online":
+            unreachable = wandb_server_error(timeout=min(self.init_timeout, 5.0))
+            if unreachable:
+                log.warning("W&B unreachable (%s); logging offline to %s/wandb", unreachable, run_dir)
+                mode = "offline"
+        if mode == "online":
             try:
                 self.run = self._init("online", **kwargs)
-            except Exception as err:  # noqa: BLE001 - any failure to reach W&B means: go offline
-                first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                log.warning("W&B unreachable (%s); logging offline to %s/wandb", first_line[:200], run_dir)
-                mode = "offline"
-        if mode == "offline":
+            except Exception as err:  # noqa: BLE001 - whatever W&B raises, the run itself must go on
+                first_line = (str(err).strip() or type(err).__name__).splitlines()[0]
+                log.warning("W&B online init failed (%s); continuing without W&B", first_line[:200])
+                return None
+        else:
             self.run = self._init("offline", **kwargs)
         return self.run.id
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Log scalars at a training step."""
-        self.run.log(metrics, step=step)
+        if self.run is not None:
+            self.run.log(metrics, step=step)
 
     def log_media(self, step: int, audio: dict[str, tuple[np.ndarray, int]], images: dict[str, Path]) -> None:
         """Log audio clips and images at a training step."""
+        if self.run is None:
+            return
         import wandb
 
         payload: dict[str, Any] = {k: wandb.Audio(a.squeeze(), sample_rate=sr) for k, (a, sr) in audio.items()}
@@ -127,11 +151,13 @@ class WandbLogger(NullLogger):
     def summary(self, values: dict[str, Any]) -> None:
         """Set run summary values (e.g. the best val/spec_loss)."""
         for k, v in values.items():
-            self.run.summary[k] = v
+            if self.run is not None:
+                self.run.summary[k] = v
 
     def add_tags(self, *tags: str) -> None:
         """Add tags to the run."""
-        self.run.tags = tuple(dict.fromkeys([*self.run.tags, *tags]))
+        if self.run is not None:
+            self.run.tags = tuple(dict.fromkeys([*self.run.tags, *tags]))
 
     def finish(self, status: str) -> None:
         """Close the run; a non-completed status is reported as a non-zero exit code."""

@@ -1,0 +1,59 @@
+"""The clip cache, crop sampling and the built-in dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+import audiolab.data.synth as synth
+from audiolab.data.clips import ClipArray, RandomCropSampler, fixed_crops, read_clip_cache, write_clip_cache
+
+
+def _build(cache: Path, seed: int = 0) -> synth.AudioData:
+    return synth.build_synth_data(sample_rate=44100, segment=4096, batch_size=2, cache_dir=str(cache),
+                                  train_seconds=4, val_seconds=2, clip_seconds=2, seed=seed)
+
+
+def test_synth_is_cached_and_keyed_by_parameters(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+    real = synth.generate_clips
+    monkeypatch.setattr(synth, "generate_clips", lambda *a, **k: calls.append(a) or real(*a, **k))
+    first = _build(tmp_path)
+    assert len(calls) == 2  # train and val generated once
+    second = _build(tmp_path)
+    assert len(calls) == 2  # reused from the memory-mapped cache
+    assert isinstance(second.train.audio, np.memmap)
+    assert np.array_equal(first.train.audio, second.train.audio)
+    assert first.train.seconds == 4 and first.val.seconds == 2
+    _build(tmp_path, seed=1)
+    assert len(calls) == 4 and len(list(tmp_path.glob("synth-*"))) == 2
+
+
+def test_same_seed_same_audio_in_fresh_caches(tmp_path: Path) -> None:
+    a, b = _build(tmp_path / "a"), _build(tmp_path / "b")
+    assert np.array_equal(a.train.audio, b.train.audio) and np.array_equal(a.val.audio, b.val.audio)
+    assert not np.array_equal(a.train.audio[:, :88200], a.val.audio[:, :88200])
+
+
+def test_cache_round_trip_and_crops(tmp_path: Path) -> None:
+    clips = [np.arange(10, dtype=np.float32), np.arange(100, 107, dtype=np.float32)]
+    write_clip_cache(tmp_path / "c", {"train": clips}, 8000, meta={})
+    arr = read_clip_cache(tmp_path / "c")["train"]
+    assert list(arr.lengths) == [10, 7]
+    assert arr.crop(1, 2, 3).tolist() == [[102, 103, 104]]
+    assert fixed_crops(arr, 4) == [(0, 0), (0, 4), (1, 0)]
+    assert read_clip_cache(tmp_path / "missing") is None
+
+
+def test_crop_sampler_is_a_pure_function_of_seed_and_step() -> None:
+    arr = ClipArray(np.zeros((1, 1000), np.float32), np.array([0, 300, 1000]), 8000)
+    sampler = RandomCropSampler(arr, 200, batch_size=4, seed=3)
+    assert sampler.batch_for_step(7) == RandomCropSampler(arr, 200, 4, seed=3, start_step=7).batch_for_step(7)
+    assert sampler.batch_for_step(7) != sampler.batch_for_step(8)
+    resumed = iter(RandomCropSampler(arr, 200, 4, seed=3, start_step=5))
+    assert next(resumed) == sampler.batch_for_step(5)
+    for clip, start in sampler.batch_for_step(1):
+        assert 0 <= start <= arr.lengths[clip] - 200
+    fixed = RandomCropSampler(arr, 200, 4, seed=3, fixed_batch=True)
+    assert fixed.batch_for_step(0) == fixed.batch_for_step(9)

@@ -1,0 +1,78 @@
+"""The pitch-shift degradation and the impossible-frequency low-pass."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from audiolab.tasks.pitch import lowpass_fft, pitch_shift, semitone_ratio
+from audiolab.tasks.restore import PitchShiftRestore
+
+SR = 44100
+
+
+def _peak_hz(x: torch.Tensor) -> float:
+    spectrum = torch.fft.rfft(x * torch.hann_window(x.shape[-1]))
+    return float(torch.fft.rfftfreq(x.shape[-1], 1 / SR)[spectrum.abs().argmax()])
+
+
+def _sine(hz: float, n: int = 32768) -> torch.Tensor:
+    return torch.sin(2 * math.pi * hz * torch.arange(n) / SR)
+
+
+@pytest.mark.parametrize("k", [-4, -1, 1, 3, 4])
+def test_pitch_shift_moves_a_sine_by_k_semitones(k: int) -> None:
+    shifted = pitch_shift(_sine(1000.0)[None], semitone_ratio(k))[0]
+    assert shifted.shape == (32768,)
+    assert _peak_hz(shifted) == pytest.approx(1000 * 2 ** (k / 12), rel=0.01)
+
+
+def test_ratio_is_within_two_cents_and_round_trip_is_exact() -> None:
+    for k in range(-12, 13):
+        r = semitone_ratio(k)
+        assert abs(1200 * math.log2(float(r)) - 100 * k) < 2
+        assert r * (1 / r) == 1
+
+
+def test_cutoff_follows_the_formula() -> None:
+    task = PitchShiftRestore(SR)
+    for k in (1, 2, 3, 4):
+        assert task.cutoff_hz(k) == pytest.approx(SR / 2 * 2 ** (-k / 12), rel=0.001)
+    for k in (-1, -4):
+        assert task.cutoff_hz(k) is None
+
+
+def test_lowpass_removes_content_above_cutoff_and_keeps_below() -> None:
+    x = (_sine(1000.0) + _sine(19000.0))[None]
+    y = lowpass_fft(x, 17500.0, SR)[0]
+    spectrum = torch.fft.rfft(y).abs()
+    freqs = torch.fft.rfftfreq(y.shape[-1], 1 / SR)
+    assert spectrum[freqs > 17500].max() < 1e-3 * spectrum.max()
+    assert _peak_hz(y) == pytest.approx(1000, rel=0.01)
+
+
+def test_degrade_groups_by_k_and_lowpasses_only_upward_shifts() -> None:
+    clean = torch.randn(4, 1, 8192) * 0.1
+    task = PitchShiftRestore(SR)
+    degraded, target = task.degrade(clean, [4, -4, 4, 2])
+    assert degraded.shape == clean.shape and torch.isfinite(degraded).all()
+    assert torch.equal(target[1], clean[1])  # downward first: nothing destroyed
+    for i in (0, 2, 3):
+        assert not torch.equal(target[i], clean[i])
+    # Examples with the same k are processed together and identically.
+    alone, _ = task.degrade(clean[:1], [4])
+    assert torch.allclose(alone[0], degraded[0], atol=1e-6)
+    top = torch.fft.rfft(target[0, 0]).abs()[torch.fft.rfftfreq(8192, 1 / SR) > task.cutoff_hz(4)]
+    assert top.max() < 1e-3
+
+
+def test_training_pairs_are_seeded_and_validation_pairs_fixed() -> None:
+    clean = torch.randn(8, 1, 4096) * 0.1
+    task = PitchShiftRestore(SR)
+    a = task.training_pair(clean, np.random.default_rng([0, 5, 1]))
+    b = task.training_pair(clean, np.random.default_rng([0, 5, 1]))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(task.validation_pair(clean, 3)[0], task.validation_pair(clean, 3)[0])
