@@ -113,7 +113,7 @@ class WandbLogger(NullLogger):
 
         kwargs = dict(project=self.project, entity=self.entity, name=name, group=group, tags=self.tags,
                       config=redact(config), dir=str(run_dir), id=run_id or wandb.util.generate_id(),
-                      resume="allow", reinit="finish_previous")
+                      reinit="finish_previous")
         mode = self.mode
         if mode == "auto":
             mode = "online" if wandb_api_key_configured() else "offline"
@@ -124,7 +124,8 @@ class WandbLogger(NullLogger):
                 mode = "offline"
         if mode == "online":
             try:
-                self.run = self._init("online", **kwargs)
+                # Offline runs cannot resume (a new offline run with the same id is made instead).
+                self.run = self._init("online", resume="allow", **kwargs)
             except Exception as err:  # noqa: BLE001 - whatever W&B raises, the run itself must go on
                 first_line = (str(err).strip() or type(err).__name__).splitlines()[0]
                 log.warning("W&B online init failed (%s); continuing without W&B", first_line[:200])
