@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from audiolab.runs.loggers import redact
 from audiolab.runs.numbering import parse_number
 
 STATUSES = ("running", "completed", "failed", "interrupted")
@@ -82,7 +83,7 @@ class RunRecord:
             "ended": None,
             "git": git_state(),
             "host": socket.gethostname(),
-            "argv": sys.argv,
+            "argv": redact(list(sys.argv)),
             "versions": versions(),
             **fields,
         }

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,8 @@ def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_
         raise
 
     meta = dict(meta or {})
+    if "overrides" in meta:
+        meta["overrides"] = redact(list(meta["overrides"]))
     with log_to_file(run_dir):
         if resume:
             record = RunRecord(run_dir)
@@ -135,6 +138,10 @@ def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_
             record.finish("failed", error=str(err))
             tracker.finish("failed")
             raise RunFailed(str(err)) from err
+        except KeyboardInterrupt as err:  # a second Ctrl-C, or one before the loop took over signals
+            record.finish("interrupted", error="KeyboardInterrupt")
+            tracker.finish("interrupted")
+            raise RunInterrupted(signal.SIGINT, run_dir) from err
         except BaseException as err:
             record.finish("failed", error=f"{type(err).__name__}: {err}")
             tracker.finish("failed")

@@ -171,12 +171,13 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
     grad_clip = float(cfg.optim.grad_clip) if cfg.optim.get("grad_clip") else math.inf
     log.info("model %s: %s parameters (%.2f M) on %s%s", cfg.model._target_.rsplit(".", 1)[-1],
              f"{n_params:,}", n_params / 1e6, device, f", {amp} autocast" if amp else "")
-    record.update(parameters=n_params, device=str(device), precision=str(amp or torch.float32))
+    record.update(parameters=n_params, device=str(device), precision="bf16" if amp == torch.bfloat16 else "fp32")
 
     # --- restore -------------------------------------------------------------------------------
     step, best_value, best_step = 0, math.inf, None
     if resume:
-        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=device)
+        # Loaded on CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
+        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location="cpu")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
