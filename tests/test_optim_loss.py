@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from audiolab.losses.composite import build_loss
 from audiolab.metrics.spectral import SpecDistance
@@ -15,7 +16,7 @@ from conftest import compose_config
 
 def test_norms_biases_and_layer_scales_get_no_weight_decay() -> None:
     model = ConvNeXtUNet1d(channels=[1, 4, 8], blocks=[1, 1], factors=[2, 2])
-    decay, no_decay = decay_groups(model, 0.05)
+    decay, no_decay = decay_groups(model, OmegaConf.create({"weight_decay": 0.05}))
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
     decay_names = {names[id(p)] for p in decay["params"]}

@@ -35,6 +35,7 @@ class TrainerConfig:
     sample_clips: int = 2  # validation clips written to samples/ each validation
     progress: bool = True
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    ema_decay: float | None = None  # EMA of the weights for validation and best.pt; None turns it off
 
 
 @dataclass
@@ -110,6 +111,8 @@ def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
     _need(trainer.log_every >= 1, "trainer.log_every", trainer.log_every, ">= 1")
     _need(trainer.sample_clips >= 0, "trainer.sample_clips", trainer.sample_clips, ">= 0")
     _need(trainer.threads >= 0, "trainer.threads", trainer.threads, ">= 0")
+    _need(trainer.ema_decay is None or 0.0 < trainer.ema_decay < 1.0, "trainer.ema_decay", trainer.ema_decay,
+          "(0, 1), or null for no EMA")
     _need(trainer.precision in ("auto", "bf16", "fp32"), "trainer.precision", trainer.precision,
           "one of auto, bf16, fp32")
     _need(trainer.device == "auto" or trainer.device == "cpu" or trainer.device.startswith("cuda"),
@@ -141,6 +144,11 @@ def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
     optim = cfg.optim
     lr = optim.get("lr")
     _need(lr is not None and math.isfinite(float(lr)) and float(lr) > 0, "optim.lr", lr, "> 0")
+    for key in ("adamw_lr", "momentum"):
+        if key in optim:
+            value = float(optim[key])
+            upper = 1.0 if key == "momentum" else math.inf
+            _need(0 < value < upper, f"optim.{key}", value, "(0, 1)" if key == "momentum" else "> 0")
     wd = float(optim.get("weight_decay", 0.0))
     _need(wd >= 0, "optim.weight_decay", wd, ">= 0")
     clip = optim.get("grad_clip")

@@ -99,6 +99,14 @@ def _check_positive(name: str, values: Sequence[int]) -> tuple[int, ...]:
     return vals
 
 
+# `model.init`: how conv and linear weights start (PyTorch's own default, or the original TODO's Xavier).
+INITS = {
+    "default": None,
+    "xavier": nn.init.xavier_uniform_,
+    "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+}
+
+
 class ConvNeXtUNet1d(nn.Module):
     """Waveform U-Net of ConvNeXt-1D blocks mapping (B, channels[0], T) to the same shape.
 
@@ -127,6 +135,7 @@ class ConvNeXtUNet1d(nn.Module):
         scale_vs_channels: Sequence[float] | None = None,
         predict_residual: bool = True,
         dropout: float = 0.0,
+        init: str = "default",
     ) -> None:
         super().__init__()
         factors = _check_positive("factors", factors)
@@ -162,10 +171,22 @@ class ConvNeXtUNet1d(nn.Module):
         self.up = nn.ModuleList(
             Transition1d(channels[i + 1], channels[i], factors[i], alphas[i], up=True) for i in range(n)
         )
+        if init not in INITS:
+            raise ValueError(f"init must be one of {sorted(INITS)}, got {init!r}")
+        if init != "default":
+            for module in self.modules():
+                if isinstance(module, nn.Conv1d | nn.ConvTranspose1d | nn.Linear):
+                    INITS[init](module.weight)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
         if predict_residual:
             # A zero last layer makes the untrained model exactly the identity (x + 0).
             for p in self.up[0].parameters():
                 nn.init.zeros_(p)
+
+    def io_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the first and last layers (kept on AdamW by the Muon hybrid)."""
+        return [*self.down[0].parameters(), *self.up[0].parameters()]
 
     @property
     def hop_length(self) -> int:

@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from audiolab.data.clips import AudioData, fixed_crops, train_loader
 from audiolab.losses.composite import build_loss
 from audiolab.metrics.spectral import SpecDistance
-from audiolab.optim.build import build_optimizer, build_scheduler
+from audiolab.optim.build import build_optimizer, build_scheduler, load_optimizer_state
 from audiolab.runs.loggers import NullLogger
 from audiolab.runs.record import RunRecord
 from audiolab.runs.samples import write_samples
@@ -133,12 +134,15 @@ class Validator:
         return {"input": pick(self.inputs), "output": pick(outputs), "target": pick(self.targets)}
 
 
-def _checkpoint_payload(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
-                        best_value: float, best_step: int | None, cfg: DictConfig) -> dict[str, Any]:
+def _checkpoint_payload(model: torch.nn.Module, ema: AveragedModel | None, optimizer: torch.optim.Optimizer,
+                        scheduler: Any, step: int, best_value: float, best_step: int | None,
+                        cfg: DictConfig) -> dict[str, Any]:
     return {
         "format": 1,
         "step": step,
         "model": model.state_dict(),
+        # With EMA on, validation scores these weights (keys prefixed `module.`): use them for inference.
+        "ema": ema.state_dict() if ema is not None else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "best": {"value": best_value, "step": best_step},
@@ -167,6 +171,9 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
     loss_fn = build_loss(cfg.loss).to(device)
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_scheduler(cfg.optim, optimizer, int(trainer.max_steps))
+    ema_decay = trainer.get("ema_decay")
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(ema_decay)), use_buffers=True)
+           if ema_decay else None)
     validator = Validator(data, task, device, int(trainer.sample_clips))
     grad_clip = float(cfg.optim.grad_clip) if cfg.optim.get("grad_clip") else math.inf
     log.info("model %s: %s parameters (%.2f M) on %s%s", cfg.model._target_.rsplit(".", 1)[-1],
@@ -179,8 +186,10 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
         # Loaded on CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
         ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location="cpu")
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         step, best_value, best_step = ckpt["step"], ckpt["best"]["value"], ckpt["best"]["step"]
         restore_rng(ckpt["rng"])
         record.truncate_metrics_after(step)
@@ -190,7 +199,7 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
 
     def checkpoint(name: str) -> None:
         save_checkpoint(run_dir / "checkpoints" / name,
-                        _checkpoint_payload(model, optimizer, scheduler, step, best_value, best_step, cfg))
+                        _checkpoint_payload(model, ema, optimizer, scheduler, step, best_value, best_step, cfg))
 
     # --- train ---------------------------------------------------------------------------------
     max_steps = int(trainer.max_steps)
@@ -224,6 +233,8 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
                     + " (stopped without checkpointing; try a lower optim.lr or tighter optim.grad_clip)")
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             window_steps += 1
             bar.update(1)
@@ -243,7 +254,7 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
 
             # --- validate, checkpoint, log ---------------------------------------------------------
             if step % int(trainer.val_every) == 0 or step == max_steps:
-                last_val, outputs_val = validator.run(model, amp)
+                last_val, outputs_val = validator.run(ema.module if ema is not None else model, amp)
                 if not math.isfinite(last_val["val/spec_loss"]):
                     raise NonFiniteLossError(f"non-finite val/spec_loss at step {step} (not checkpointed)")
                 improved = last_val["val/spec_loss"] < best_value
