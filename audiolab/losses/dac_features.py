@@ -233,7 +233,7 @@ class DACFeatureLoss(nn.Module):
     at the block's rate) and backward rebuilds one stage's internals at a time, so the extra memory is a few
     waveform-sized-times-channels tensors instead of every intermediate of every layer: about one extra
     forward pass of compute in exchange. The L1 keeps only int8 signs for backward. Figures:
-    benchmarks/bench_dac_memory.py.
+    benchmarks/bench_losses.py.
     """
 
     def __init__(self, weights: str | None, sample_rate: int = 44100, taps: str | list[str] = "block1",

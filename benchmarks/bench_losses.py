@@ -1,19 +1,19 @@
 #!/usr/bin/env python
-"""Time and peak memory of one training step with and without the DAC feature loss.
+"""Time and peak memory of one training step per loss: MR-STFT, multi-scale mel, and MR-STFT + DAC features.
 
 One step = model forward (bf16 autocast on CUDA, as the training loop does), the composite loss (fp32 inputs,
 as audiolab.losses.composite.WeightedLoss computes it), backward, AdamW step. Configurations: the MR-STFT loss
-alone, then MR-STFT + DACFeatureLoss with taps block1 / blocks / residual:1,2,3,4, each with activation
-checkpointing on and off. Each configuration runs in a fresh subprocess so no allocator cache or peak carries
-over between them.
+alone, the multi-scale mel loss alone, then MR-STFT + DACFeatureLoss with taps block1 / blocks /
+residual:1,2,3,4, each with activation checkpointing on and off. Each configuration runs in a fresh
+subprocess so no allocator cache or peak carries over between them.
 
 Memory: on CUDA torch.cuda.max_memory_allocated over the steps (peak), and its growth over what was allocated
 after building everything (step delta). On CPU the process's peak resident set (VmHWM, reset via
 /proc/self/clear_refs after building) minus the resident set after building: the step delta. The ratio column
 is the step delta relative to the MR-STFT-only step (on CUDA the peak ratio is shown too).
 
-    python benchmarks/bench_dac_memory.py                                  # GPU: big model, 16 x 49152
-    python benchmarks/bench_dac_memory.py --batch 2 --samples 16384 --model small --device cpu
+    python benchmarks/bench_losses.py                                  # GPU: big model, 16 x 49152
+    python benchmarks/bench_losses.py --batch 2 --samples 16384 --model small --device cpu
 
 Without --weights, a randomly initialised DAC with the real 44 kHz architecture (`dac.DAC()` defaults) is
 used: the memory and time figures are those of the pretrained model, the loss values are not.
@@ -41,7 +41,8 @@ MODELS = {
 }
 MRSTFT = {"fft_sizes": [2048, 1024, 512, 256, 128], "hop_sizes": [512, 256, 128, 64, 32],
           "win_lengths": [2048, 1024, 512, 256, 128], "eps": 1e-4}
-CONFIGS: list[tuple[str | None, bool]] = [(None, False)] + [
+MEL = "mel_multiscale"  # not a DAC tap: the multi-scale mel loss alone, for comparison
+CONFIGS: list[tuple[str | None, bool]] = [(None, False), (MEL, False)] + [
     (taps, ckpt) for taps in ("block1", "blocks", "residual:1,2,3,4") for ckpt in (True, False)]
 MB = 2**20
 
@@ -90,7 +91,11 @@ def run_one(spec: dict) -> dict:
     torch.manual_seed(0)
     model = ConvNeXtUNet1d(**MODELS[spec["model"]]).to(device)
     terms = {"mrstft": MultiResolutionSTFTLoss(**MRSTFT)}
-    if spec["taps"] is not None:
+    if spec["taps"] == MEL:
+        from audiolab.losses.spectral import MelMultiScaleLoss
+
+        terms = {"mel": MelMultiScaleLoss(sample_rate=44100)}
+    elif spec["taps"] is not None:
         from audiolab.losses.dac_features import DACFeatureLoss
 
         terms["dac"] = DACFeatureLoss(spec["weights"], sample_rate=44100, taps=spec["taps"],
@@ -199,7 +204,8 @@ def main() -> None:
             spec = {"device": device, "model": model, "batch": batch, "samples": samples, "taps": taps,
                     "checkpointing": ckpt, "weights": weights, "steps": args.steps, "warmup": args.warmup,
                     "threads": args.threads}
-            name = "mrstft" if taps is None else f"mrstft + dac {taps} ckpt={'on' if ckpt else 'off'}"
+            name = ("mrstft" if taps is None else MEL if taps == MEL
+                    else f"mrstft + dac {taps} ckpt={'on' if ckpt else 'off'}")
             proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
                                   text=True, cwd=REPO, env=env)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
