@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from omegaconf import DictConfig
 from audiolab.config import register_configs
 from audiolab.config.resolvers import register_resolvers
 from audiolab.runs.numbering import allocate
-from audiolab.runs.session import run_training
+from audiolab.runs.session import RunInterrupted, run_training
 from audiolab.train.loop import TrainResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +58,24 @@ def run_tiny(tiny_overrides: list[str], outputs: Path) -> Callable[..., tuple[Pa
         cfg = compose_config([*tiny_overrides, *extra])
         run_dir = allocate(outputs)
         return run_dir, run_training(cfg, run_dir, **kwargs)
+
+    return run
+
+
+@pytest.fixture
+def interrupted_and_full(run_tiny, outputs: Path) -> Callable[..., tuple[Path, Path]]:
+    """Run `extra` uninterrupted (output01) and again with a SIGTERM after step 4 (output02, left interrupted)."""
+
+    def run(*extra: str) -> tuple[Path, Path]:
+        full_dir, _ = run_tiny(*extra)
+
+        def interrupt_at_4(step: int) -> None:
+            if step == 4:
+                signal.raise_signal(signal.SIGTERM)
+
+        with pytest.raises(RunInterrupted):
+            run_tiny(*extra, after_step=interrupt_at_4)
+        return full_dir, outputs / "output02"
 
     return run
 

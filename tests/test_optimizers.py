@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-from pathlib import Path
-
 import pytest
 import torch
 
 from audiolab.models.convnext1d import ConvNeXtUNet1d
 from audiolab.optim.build import build_optimizer, build_scheduler, muon_groups
 from audiolab.runs.record import read_metrics
-from audiolab.runs.session import RunInterrupted, load_resolved_config, run_training
+from audiolab.runs.session import load_resolved_config, run_training
 from audiolab.train.checkpoint import load_checkpoint
 from conftest import compose_config
 
@@ -79,18 +76,9 @@ def test_muon_update_of_a_conv_weight_is_orthogonalised() -> None:
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_resume_is_bitwise_for_every_optimizer_with_ema(name: str, run_tiny, outputs: Path) -> None:
-    extra = (f"optim={name}", "trainer.ema_decay=0.9", "trainer.max_steps=6", "trainer.val_every=3",
-             "optim.scheduler.warmup_steps=2")
-    full_dir, _ = run_tiny(*extra)
-
-    def interrupt_at_4(step: int) -> None:
-        if step == 4:
-            signal.raise_signal(signal.SIGTERM)
-
-    with pytest.raises(RunInterrupted):
-        run_tiny(*extra, after_step=interrupt_at_4)
-    cut_dir = outputs / "output02"
+def test_resume_is_bitwise_for_every_optimizer_with_ema(name: str, interrupted_and_full) -> None:
+    full_dir, cut_dir = interrupted_and_full(f"optim={name}", "trainer.ema_decay=0.9", "trainer.max_steps=6",
+                                             "trainer.val_every=3", "optim.scheduler.warmup_steps=2")
     run_training(load_resolved_config(cut_dir), cut_dir, resume=True)
 
     strip = lambda ms: [{k: v for k, v in m.items() if not k.startswith("perf/")} for m in ms]  # noqa: E731

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from hydra.utils import instantiate
 
 from audiolab.cli import main as audiolab_main
 from audiolab.runs.record import read_metrics
-from audiolab.runs.session import RunFailed, RunInterrupted, load_resolved_config, run_training
+from audiolab.runs.session import RunFailed, load_resolved_config, run_training
 from audiolab.train.checkpoint import load_checkpoint
 from audiolab.train.loop import Validator
 from conftest import compose_config
@@ -59,17 +58,8 @@ def test_tiny_run_writes_everything(run_tiny) -> None:
     assert "step 3: val/spec_loss" in (run_dir / "train.log").read_text()
 
 
-def test_resume_after_sigterm_is_bitwise_identical(run_tiny, outputs: Path) -> None:
-    extra = ("trainer.max_steps=6", "trainer.val_every=3", "model.dropout=0.1")
-    full_dir, _ = run_tiny(*extra)
-
-    def interrupt_at_4(step: int) -> None:
-        if step == 4:
-            signal.raise_signal(signal.SIGTERM)
-
-    with pytest.raises(RunInterrupted):
-        run_tiny(*extra, after_step=interrupt_at_4)
-    cut_dir = outputs / "output02"
+def test_resume_after_sigterm_is_bitwise_identical(interrupted_and_full) -> None:
+    full_dir, cut_dir = interrupted_and_full("trainer.max_steps=6", "trainer.val_every=3", "model.dropout=0.1")
     info = json.loads((cut_dir / "run.json").read_text())
     assert info["status"] == "interrupted" and info["step"] == 4
     assert load_checkpoint(cut_dir / "checkpoints" / "last.pt")["step"] == 4
