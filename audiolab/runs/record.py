@@ -102,8 +102,7 @@ class RunRecord:
     def finish(self, status: str, **fields: Any) -> None:
         """Record the final status and end time."""
         assert status in STATUSES, status
-        ended = now_iso()
-        self.update(status=status, ended=ended, **fields)
+        self.update(status=status, ended=now_iso(), **fields)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """Append one line {"step": step, key: value, ...} to metrics.jsonl."""

@@ -130,8 +130,8 @@ class Validator:
 
     def sample_clips(self, outputs: torch.Tensor) -> dict[str, list[np.ndarray]]:
         """input/output/target audio of the fixed sample clips, as numpy arrays."""
-        pick = lambda t: [t[i].detach().cpu().float().numpy() for i in self.sample_index]  # noqa: E731
-        return {"input": pick(self.inputs), "output": pick(outputs), "target": pick(self.targets)}
+        return {role: [t[i].detach().cpu().float().numpy() for i in self.sample_index]
+                for role, t in (("input", self.inputs), ("output", outputs), ("target", self.targets))}
 
 
 def _checkpoint_payload(model: torch.nn.Module, ema: AveragedModel | None, optimizer: torch.optim.Optimizer,
