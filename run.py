@@ -20,8 +20,11 @@ register_resolvers()
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Hydra task: train (or resume) and return the best val/spec_loss for sweepers to minimise."""
-    from audiolab.runs.session import RunFailed, RunInterrupted, launch_from_hydra
+    from audiolab.runs.session import RunFailed, RunInterrupted, in_optuna_trial, launch_from_hydra
 
+    if in_optuna_trial():
+        # The sweeper records a failed trial (already told to the study) and goes on: exceptions, not exits.
+        return launch_from_hydra(cfg)
     try:
         return launch_from_hydra(cfg)
     except ConfigError as err:

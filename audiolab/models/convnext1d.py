@@ -136,9 +136,12 @@ class ConvNeXtUNet1d(nn.Module):
         predict_residual: bool = True,
         dropout: float = 0.0,
         init: str = "default",
+        blocks_per_level: int | None = None,
     ) -> None:
         super().__init__()
         factors = _check_positive("factors", factors)
+        if blocks_per_level is not None:  # one scalar for depth, which a sweep can search
+            blocks = [int(blocks_per_level)] * len(factors)
         channels = _check_positive("channels", channels)
         blocks = _check_positive("blocks", blocks)
         n = len(factors)

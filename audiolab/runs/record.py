@@ -17,7 +17,7 @@ from typing import Any
 from audiolab.runs.loggers import redact
 from audiolab.runs.numbering import parse_number
 
-STATUSES = ("running", "completed", "failed", "interrupted")
+STATUSES = ("running", "completed", "failed", "interrupted", "pruned")
 
 
 def now_iso() -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import os
 import shutil
 import signal
 from collections.abc import Callable, Iterator
@@ -28,6 +30,7 @@ from audiolab.config.schema import validate_config
 from audiolab.runs.loggers import NullLogger, redact
 from audiolab.runs.numbering import allocate, find_run_dir
 from audiolab.runs.record import RunRecord, atomic_write_text, git_state, now_iso
+from audiolab.sweep.trial import TRIAL_ENV, TrialLink
 from audiolab.train.loop import NonFiniteLossError, TrainResult, train
 
 log = logging.getLogger("audiolab")
@@ -90,23 +93,30 @@ def load_resolved_config(run_dir: Path) -> DictConfig:
 
 
 def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_dir: bool = True,
-                 meta: dict[str, Any] | None = None, after_step: Callable[[int], None] | None = None) -> TrainResult:
+                 meta: dict[str, Any] | None = None, after_step: Callable[[int], None] | None = None,
+                 trial: TrialLink | None = None) -> TrainResult:
     """Validate, record and train one run in `run_dir`; raise RunFailed/RunInterrupted on those ends.
 
-    A config error removes a freshly made run directory, so no half-made run is left behind.
+    A config error removes a freshly made run directory, so no half-made run is left behind. With
+    `trial`, the run is an Optuna trial: it reports each validation, may be pruned, and tells the
+    study how it ended.
     """
     run_dir = Path(run_dir)
     try:
         cfg = resolved(cfg)
         validate_config(cfg, model_hop(cfg))
-    except Exception:
+    except Exception as err:
         if fresh_dir and not resume:
             shutil.rmtree(run_dir, ignore_errors=True)
+        if trial is not None:
+            trial.fail(f"{type(err).__name__}: {err}")
         raise
 
     meta = dict(meta or {})
     if "overrides" in meta:
         meta["overrides"] = redact(list(meta["overrides"]))
+    if trial is not None:
+        meta.update(study=trial.study_name, trial=trial.number)
     with log_to_file(run_dir):
         if resume:
             record = RunRecord(run_dir)
@@ -120,39 +130,69 @@ def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_
                 atomic_write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
                 atomic_write_text(run_dir / ".hydra" / "overrides.yaml", yaml.safe_dump(meta.get("overrides", [])))
             record = RunRecord.create(run_dir, **meta)
-        log.info("audiolab: %s %s -> %s", "resuming" if resume else "run", run_dir.name, run_dir)
+        log.info("audiolab: %s %s -> %s%s", "resuming" if resume else "run", run_dir.name, run_dir,
+                 f" (study {trial.study_name}, trial {trial.number})" if trial is not None else "")
+        if trial is not None:
+            trial.start(record.data.get("number"), run_dir)
 
         tracker = instantiate(cfg.logger) if cfg.get("logger") else NullLogger()
         sweep_dir = meta.get("sweep_dir")
-        tracker_id = tracker.start(run_dir, name=run_dir.name, group=Path(sweep_dir).name if sweep_dir else "single",
-                                   config=OmegaConf.to_container(cfg), run_id=record.data.get("wandb_id"))
+        group = trial.study_name if trial is not None else Path(sweep_dir).name if sweep_dir else "single"
+        tracker_id = tracker.start(run_dir, name=run_dir.name, group=group, config=OmegaConf.to_container(cfg),
+                                   run_id=record.data.get("wandb_id"))
         record.update(wandb_id=tracker_id)
+        if trial is not None:
+            trial.set_wandb_id(tracker_id)
         if sweep_dir:
             _append_jsonl(Path(sweep_dir) / "runs.jsonl", {"run": record.data["number"], "dir": str(run_dir),
                                                             "job_index": meta.get("job_index"),
                                                             "overrides": meta.get("overrides", [])})
+        on_validation = None
+        if trial is not None:
+            def on_validation(step: int, metrics: dict[str, float]) -> bool:
+                return trial.report(step, metrics["val/spec_loss"])
         try:
-            result = train(cfg, record, tracker, resume=resume, after_step=after_step)
+            result = train(cfg, record, tracker, resume=resume, after_step=after_step, on_validation=on_validation)
         except NonFiniteLossError as err:
             log.error("audiolab: %s failed: %s", run_dir.name, err)
             record.finish("failed", error=str(err))
             tracker.finish("failed")
+            if trial is not None:
+                trial.fail(f"NonFiniteLossError: {err}")
             raise RunFailed(str(err)) from err
         except KeyboardInterrupt as err:  # a second Ctrl-C, or one before the loop took over signals
             record.finish("interrupted", error="KeyboardInterrupt")
             tracker.finish("interrupted")
+            if trial is not None:
+                trial.fail("interrupted (KeyboardInterrupt)", interrupted=True)
             raise RunInterrupted(signal.SIGINT, run_dir) from err
         except BaseException as err:
             record.finish("failed", error=f"{type(err).__name__}: {err}")
             tracker.finish("failed")
+            if trial is not None:
+                trial.fail(f"{type(err).__name__}: {err}")
             raise
 
         record.finish(result.status, step=result.step, best_val_spec_loss=result.best_value,
-                      best_step=result.best_step, final=result.last_val)
+                      best_step=result.best_step, final=result.last_val,
+                      step_time=result.step_time if result.steps_run else None)
         if result.status == "interrupted":
             record.update(signal=result.signal)
             tracker.finish("interrupted")
+            if trial is not None:
+                trial.fail(f"interrupted by signal {result.signal}", interrupted=True)
             raise RunInterrupted(result.signal or 0, run_dir)
+        if result.status == "pruned":
+            tracker.add_tags("pruned")
+            tracker.finish("pruned")
+            if trial is not None:
+                trial.prune(result.step)
+            log.info("audiolab: %s pruned at step %d (best val/spec_loss %.5f at step %s)", run_dir.name,
+                     result.step, result.best_value, result.best_step)
+            return result
+        if trial is not None:
+            trial.complete({"val/spec_loss": result.best_value, "parameters": record.data.get("parameters", math.nan),
+                            "step_time": result.step_time}, result.best_step)
         tracker.summary({f"final/{k}": v for k, v in result.last_val.items()})
         tracker.finish("completed")
         final = result.last_val
@@ -183,7 +223,26 @@ def launch_from_hydra(cfg: DictConfig) -> float:
         extra = [o for o in overrides if not o.startswith("resume=")]
         cfg = apply_overrides(saved, extra)
         meta = {"overrides": extra}
-    return run_training(cfg, run_dir, resume=resume, meta=meta).best_value
+    trial = None if resume else TrialLink.from_hydra(hydra_cfg.get("sweeper"), cfg.paths.outputs)
+    if trial is not None:
+        redact_hydra_files(run_dir / str(hydra_cfg.output_subdir))
+    return run_training(cfg, run_dir, resume=resume, meta=meta, trial=trial).best_value
+
+
+def redact_hydra_files(hydra_dir: Path) -> None:
+    """Mask URL passwords (e.g. in hydra.sweeper.storage) in the files Hydra saved for this job."""
+    for name in ("hydra.yaml", "overrides.yaml", "config.yaml"):
+        path = hydra_dir / name
+        if path.is_file():
+            text = path.read_text()
+            masked = redact(text)
+            if masked != text:
+                atomic_write_text(path, masked)
+
+
+def in_optuna_trial() -> bool:
+    """Whether this process is running a job launched by audiolab's Optuna sweeper."""
+    return TRIAL_ENV in os.environ
 
 
 def reproduce(ref: str, overrides: list[str], outputs: str = "outputs") -> TrainResult:

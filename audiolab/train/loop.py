@@ -45,12 +45,19 @@ class NonFiniteLossError(RuntimeError):
 class TrainResult:
     """How a call to `train` ended."""
 
-    status: str  # completed | interrupted
+    status: str  # completed | interrupted | pruned
     step: int
     best_value: float
     best_step: int | None
     last_val: dict[str, float] = field(default_factory=dict)
     signal: int | None = None
+    steps_run: int = 0  # in this call (a resume starts counting again)
+    train_seconds: float = 0.0  # wall time of those steps, validation excluded
+
+    @property
+    def step_time(self) -> float:
+        """Mean wall seconds per training step in this call."""
+        return self.train_seconds / self.steps_run if self.steps_run else math.nan
 
 
 def seed_everything(seed: int) -> None:
@@ -152,8 +159,12 @@ def _checkpoint_payload(model: torch.nn.Module, ema: AveragedModel | None, optim
 
 
 def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None, resume: bool = False,
-          after_step: Callable[[int], None] | None = None) -> TrainResult:
-    """Train `cfg` in `record.dir`; with resume=True continue from checkpoints/last.pt."""
+          after_step: Callable[[int], None] | None = None,
+          on_validation: Callable[[int, dict[str, float]], bool] | None = None) -> TrainResult:
+    """Train `cfg` in `record.dir`; with resume=True continue from checkpoints/last.pt.
+
+    `on_validation(step, metrics)` runs after each validation; returning True stops the run as pruned.
+    """
     tracker = tracker or NullLogger()
     run_dir = record.dir
     trainer = cfg.trainer
@@ -213,8 +224,10 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
     bar = tqdm(total=max_steps, initial=step, desc=run_dir.name, dynamic_ncols=True, leave=False,
                disable=None if trainer.progress else True)
     window_start, window_steps = time.perf_counter(), 0
+    steps_run, train_seconds, pruned = 0, 0.0, False
     with stop_on_signals() as received:
         while step < max_steps and not received:
+            step_start = time.perf_counter()
             clean = next(batches).to(device, non_blocking=True)
             # Overfit mode repeats step 0's crops and degradation: one truly fixed batch.
             task_rng = np.random.default_rng([seed, 0 if trainer.overfit else step, 1])
@@ -237,6 +250,8 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
                 ema.update_parameters(model)
             step += 1
             window_steps += 1
+            steps_run += 1
+            train_seconds += time.perf_counter() - step_start
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
 
@@ -277,6 +292,10 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
                          f", val/improvement {last_val['val/improvement']:+.4f}" if "val/improvement" in last_val
                          else "", best_value, best_step)
                 window_start, window_steps = time.perf_counter(), 0
+                if on_validation is not None and on_validation(step, last_val):
+                    pruned = True
+                    log.info("step %d: pruned by the sweep's pruner", step)
+                    break
             if after_step is not None:
                 after_step(step)
 
@@ -284,6 +303,7 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
             checkpoint("last.pt")
             log.warning("interrupted at step %d; resume with: python run.py resume=%s", step, run_dir)
     bar.close()
-    return TrainResult(status="interrupted" if received else "completed", step=step, best_value=best_value,
-                       best_step=best_step, last_val=last_val, signal=received[0] if received else None)
+    status = "interrupted" if received else "pruned" if pruned else "completed"
+    return TrainResult(status=status, step=step, best_value=best_value, best_step=best_step, last_val=last_val,
+                       signal=received[0] if received else None, steps_run=steps_run, train_seconds=train_seconds)
 

@@ -1,0 +1,140 @@
+"""Samplers, pruners, opening a study, and counting its budget: shared by the sweeper, its jobs and `audiolab sweep`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from audiolab.sweep.space import SearchSpace
+from audiolab.sweep.storage import open_storage, storage_lock
+
+OBJECTIVES = ("val/spec_loss", "parameters", "step_time")
+STUDY_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+# Trial user attributes that tie a trial to its run (and back: run.json holds study and trial).
+ATTR_RUN_NUMBER, ATTR_RUN_DIR, ATTR_WANDB_ID = "run_number", "run_dir", "wandb_id"
+ATTR_FAIL_REASON, ATTR_INTERRUPTED, ATTR_PRUNED_STEP = "fail_reason", "interrupted", "pruned_step"
+ATTR_BEST_STEP = "best_step"
+
+
+def _settings(cfg: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    settings = dict(cfg or {})
+    return str(settings.pop("kind", "")), settings
+
+
+def worker_seed(seed: int | None, worker: int, existing_trials: int) -> int | None:
+    """A sampler seed per worker and per start, so parallel or resumed workers do not replay the same draws."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([int(seed), worker, existing_trials]).generate_state(1)[0])
+
+
+def build_sampler(cfg: Mapping[str, Any] | None, space: SearchSpace, seed: int | None) -> BaseSampler:
+    """The sampler named by `hydra.sweeper.sampler.kind`: tpe, random, grid, cmaes or nsga2."""
+    kind, settings = _settings(cfg)
+    settings["seed"] = seed
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(**settings)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(**settings)
+    if kind == "grid":
+        return optuna.samplers.GridSampler(space.grid(), **settings)
+    if kind == "cmaes":
+        return optuna.samplers.CmaEsSampler(**settings)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(**settings)
+    raise ValueError(f"hydra.sweeper.sampler.kind={kind!r}: expected tpe, random, grid, cmaes or nsga2")
+
+
+def build_pruner(cfg: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
+    """The pruner named by `hydra.sweeper.pruner.kind`: median, successive_halving, hyperband or none."""
+    kind, settings = _settings(cfg)
+    if kind == "median":
+        return optuna.pruners.MedianPruner(**settings)
+    if kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(**settings)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(**settings)
+    if kind in ("none", ""):
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"hydra.sweeper.pruner.kind={kind!r}: expected median, successive_halving, hyperband or none")
+
+
+def check_study_settings(name: str, objectives: list[str], directions: list[str]) -> None:
+    """Reject a bad study name, an unknown objective, or objectives and directions of different lengths."""
+    if not STUDY_NAME.match(name):
+        raise ValueError(f"hydra.sweeper.study_name={name!r}: use letters, digits, '_', '.' and '-' only")
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if unknown:
+        raise ValueError(f"hydra.sweeper.objectives: unknown {unknown}; expected some of {list(OBJECTIVES)}")
+    if len(objectives) != len(directions) or not objectives:
+        raise ValueError(f"hydra.sweeper.objectives ({len(objectives)}) and hydra.sweeper.directions "
+                         f"({len(directions)}) need the same, non-zero length")
+    bad = [d for d in directions if d not in ("minimize", "maximize")]
+    if bad:
+        raise ValueError(f"hydra.sweeper.directions: {bad} are not minimize/maximize")
+
+
+def open_study(url: str, name: str, *, directions: list[str] | None = None, sampler: BaseSampler | None = None,
+               pruner: optuna.pruners.BasePruner | None = None, create: bool = False, heartbeat_interval: int = 10,
+               grace_period: int | None = None, max_retry: int | None = 2) -> optuna.Study:
+    """Load study `name` from `url`; with create=True make it first if it is not there yet."""
+    storage = open_storage(url, heartbeat_interval, grace_period, max_retry)
+    if create:
+        with storage_lock(url):
+            study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
+                                        pruner=pruner, load_if_exists=True)
+        if directions and [d.name.lower() for d in study.directions] != list(directions):
+            raise ValueError(f"study {name!r} already exists with directions "
+                             f"{[d.name.lower() for d in study.directions]}, not {list(directions)}; "
+                             "choose another hydra.sweeper.study_name")
+        return study
+    try:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise KeyError(f"no study {name!r} in the storage (studies there: {', '.join(names) or 'none'})") from None
+
+
+@dataclass
+class Budget:
+    """Where a study stands against `n_trials`: finished, running and queued trials, and failures."""
+
+    finished: int
+    running: int
+    waiting: int
+    failed: int
+
+    @classmethod
+    def of(cls, trials: list[FrozenTrial]) -> Budget:
+        """Count a study's trials; a trial that was retried or interrupted does not use up the budget."""
+        retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+        finished = failed = running = waiting = 0
+        for t in trials:
+            if t.state == TrialState.RUNNING:
+                running += 1
+            elif t.state == TrialState.WAITING:
+                waiting += 1
+            elif t.state == TrialState.FAIL:
+                if t.number in retried or t.user_attrs.get(ATTR_INTERRUPTED):
+                    continue
+                failed += 1
+                finished += 1
+            elif t.state.is_finished():
+                finished += 1
+        return cls(finished, running, waiting, failed)
+
+    def may_start(self, n_trials: int) -> bool:
+        """Whether to ask for a trial: a queued one (retry or enqueued) always runs; a new one only within budget."""
+        return self.waiting > 0 or self.finished + self.running < n_trials
+
+    def done(self, n_trials: int) -> bool:
+        """Whether the study has its n_trials finished trials and nothing queued."""
+        return self.finished >= n_trials and self.waiting == 0

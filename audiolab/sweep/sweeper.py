@@ -1,0 +1,307 @@
+"""audiolab's Optuna sweeper: ask a trial, launch it as a numbered run, repeat until the study's budget is spent.
+
+One sweeper process is one worker. With `hydra.sweeper.n_workers=N` the command starts N worker
+processes that share the study through its storage (each starts its next trial as soon as its last
+one ends: no batch barrier), exactly as N machines running the same command against one PostgreSQL
+database do. Budget checks and asks happen under `storage_lock`, so workers never overshoot
+`n_trials`; a worker that dies mid-trial stops heartbeating, and another worker fails and re-queues
+that trial after the grace period.
+
+Trials are composed from a snapshot of `conf/` (which holds `experiments/` as `conf/experiment`)
+taken when the sweep starts, so editing configs during a sweep cannot change its later trials.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+from optuna.storages import fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
+
+from audiolab.runs.loggers import redact
+from audiolab.sweep.space import SearchSpace, parse_search_space
+from audiolab.sweep.storage import display_url, storage_lock, storage_url
+from audiolab.sweep.study import (
+    ATTR_FAIL_REASON,
+    ATTR_PRUNED_STEP,
+    ATTR_RUN_NUMBER,
+    Budget,
+    build_pruner,
+    build_sampler,
+    check_study_settings,
+    open_study,
+    worker_seed,
+)
+from audiolab.sweep.trial import STUDY_ENV, TRIAL_ENV
+
+log = logging.getLogger("audiolab.sweep")
+
+SNAPSHOT_DIR = "snapshot"
+WORKER_KEYS = ("hydra.sweeper.n_workers", "hydra.sweeper.worker_index", "hydra.sweep.dir")
+
+
+class SweepStopped(SystemExit):
+    """The sweep stopped early (too many failures, or interrupted); the message says why."""
+
+
+class OptunaSweep:
+    """The sweeper behind `hydra/sweeper=optuna` (see the module docstring)."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = OmegaConf.create({k: v for k, v in settings.items() if k != "defaults"})
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+        self.config: DictConfig | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        """Keep what launching jobs needs; the launcher is made in sweep(), after the snapshot."""
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+    # --- the sweep ----------------------------------------------------------------------------
+    def sweep(self, arguments: list[str]) -> list[FrozenTrial]:
+        """Run (this worker's share of) the study; return its trials."""
+        assert self.config is not None and self.hydra_context is not None
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        # Heartbeats are driven by the trial's job here (audiolab.sweep.trial), not by Study.optimize.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        s = self.settings
+        sweep_dir = Path(self.config.hydra.sweep.dir).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        outputs = OmegaConf.select(self.config, "paths.outputs", default="outputs")
+        self.url = storage_url(s.storage, outputs)
+        worker = s.worker_index
+        try:
+            check_study_settings(s.study_name, list(s.objectives), list(s.directions))
+            space = parse_search_space(s.params, arguments)
+            if not space.dimensions:
+                raise ValueError("hydra.sweeper.params is empty: nothing to search (pick an hparams_search preset)")
+            enqueued = [space.parse_enqueued(entry) for entry in s.enqueue]
+            pruner = build_pruner(s.pruner)
+            study = open_study(self.url, s.study_name, directions=list(s.directions), pruner=pruner, create=True,
+                               heartbeat_interval=s.heartbeat_interval, grace_period=s.grace_period,
+                               max_retry=s.max_retry)
+            n_existing = len(study.get_trials(deepcopy=False))
+            study.sampler = build_sampler(s.sampler, space, worker_seed(s.sampler.get("seed"), worker or 0,
+                                                                        n_existing))
+        except ValueError as err:
+            raise SweepStopped(f"audiolab: sweep config error: {err}") from None
+        n_trials = int(s.n_trials)
+        if s.sampler.kind == "grid":
+            n_trials = min(n_trials, _grid_size(space))
+
+        if worker is None:  # the process the user started
+            self._save_multirun_yaml(sweep_dir)
+            with storage_lock(self.url):
+                for params in enqueued:
+                    study.enqueue_trial(params, skip_if_exists=True)
+                study.set_user_attr("search_space", dict(s.params))
+                study.set_user_attr("objectives", list(s.objectives))
+                study.set_user_attr("sweep_dirs", [*study.user_attrs.get("sweep_dirs", []), str(sweep_dir)])
+            log.info("audiolab: study %s in %s: %d of %d trials finished; sweep dir %s", s.study_name,
+                     display_url(self.url), Budget.of(study.get_trials(deepcopy=False)).finished, n_trials, sweep_dir)
+        config_dir = self._snapshot(sweep_dir) if s.snapshot else None
+        if worker is None and int(s.n_workers) > 1:
+            self._spawn_workers(int(s.n_workers), sweep_dir, config_dir)
+        else:
+            self._work(study, space, n_trials, config_dir, worker or 0)
+        trials = study.get_trials(deepcopy=False)
+        if worker is None:
+            _log_summary(study, trials)
+        return trials
+
+    def _work(self, study: optuna.Study, space: SearchSpace, n_trials: int, config_dir: Path | None,
+              worker: int) -> None:
+        """The worker loop: under the storage lock, fail stale trials, check the budget and ask; then run."""
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        s = self.settings
+        context = self.hydra_context
+        if config_dir is not None:
+            context = HydraContext(config_loader=_loader_from(context.config_loader, config_dir),
+                                   callbacks=context.callbacks)
+        launcher = Plugins.instance().instantiate_launcher(hydra_context=context, task_function=self.task_function,
+                                                           config=self.config)
+        job_index = 0
+        poll = min(5.0, float(s.heartbeat_interval))
+        while True:
+            with storage_lock(self.url):
+                fail_stale_trials(study)
+                budget = Budget.of(study.get_trials(deepcopy=False))
+                if budget.done(n_trials):
+                    return
+                if s.max_failures is not None and budget.failed >= int(s.max_failures):
+                    raise SweepStopped(_too_many_failures(study, int(s.max_failures)))
+                trial = study.ask() if budget.may_start(n_trials) else None
+                overrides = space.suggest(trial) if trial is not None else []
+            if trial is None:  # the rest of the budget is running on other workers; wait, in case one dies
+                time.sleep(poll)
+                continue
+            env = [f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}",
+                   f"++hydra.job.env_set.{STUDY_ENV}={s.study_name}"]
+            log.info("audiolab: trial %d%s: %s", trial.number, f" (worker {worker})" if s.worker_index is not None
+                     else "", " ".join(overrides))
+            try:
+                returns: Sequence[JobReturn] = self._launch(launcher, overrides + env, job_index)
+            except BaseException as err:
+                _fail_if_running(study, trial.number, f"launch failed: {type(err).__name__}: {err}")
+                raise
+            job_index += 1
+            ret = returns[0] if returns else None
+            reason = _failure_reason(ret)
+            _fail_if_running(study, trial.number, reason or "the job ended without reporting to the study")
+            _log_outcome(study, trial.number)
+            interrupted = getattr(ret, "_return_value", None) if ret is not None else None
+            if type(interrupted).__name__ == "RunInterrupted":
+                raise SweepStopped(128 + int(getattr(interrupted, "signum", 2)))
+
+    def _launch(self, launcher: Any, overrides: list[str], job_index: int) -> Sequence[JobReturn]:
+        return launcher.launch([overrides], initial_job_idx=job_index)
+
+    # --- workers ------------------------------------------------------------------------------
+    def _spawn_workers(self, n_workers: int, sweep_dir: Path, config_dir: Path | None) -> None:
+        """Start n_workers copies of this command as workers of the same study, each with its own GPU if several."""
+        assert self.config is not None
+        import torch
+
+        hydra = self.config.hydra
+        n_gpus = torch.cuda.device_count()
+        base = [sys.executable, os.path.abspath(sys.argv[0]), "--multirun",
+                f"--config-name={hydra.job.config_name}"]
+        if config_dir is not None:
+            base.append(f"--config-path={config_dir}")
+        keep = [o for o in [*hydra.overrides.task, *hydra.overrides.hydra] if o.split("=", 1)[0] not in WORKER_KEYS]
+        base += [*keep, f"hydra.sweep.dir={sweep_dir}", "hydra.sweeper.n_workers=1"]
+        threads = max(1, (os.cpu_count() or 1) // n_workers)
+        procs: list[subprocess.Popen] = []
+        for i in range(n_workers):
+            env = dict(os.environ)
+            if n_gpus > 1:
+                env["CUDA_VISIBLE_DEVICES"] = str(i % n_gpus)
+            elif n_gpus == 0:
+                env.setdefault("OMP_NUM_THREADS", str(threads))  # workers share the CPU
+            procs.append(subprocess.Popen([*base, f"hydra.sweeper.worker_index={i}"], env=env))
+        log.info("audiolab: started %d workers (pids %s)%s", n_workers, " ".join(str(p.pid) for p in procs),
+                 f" on {min(n_gpus, n_workers)} GPUs" if n_gpus > 1 else "")
+
+        def forward(signum: int, frame: Any) -> None:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            codes = [p.wait() for p in procs]
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        bad = [(i, c) for i, c in enumerate(codes) if c != 0]
+        if bad:
+            raise SweepStopped(f"audiolab: {len(bad)} of {n_workers} workers exited with an error: "
+                               + ", ".join(f"worker {i}: exit {c}" for i, c in bad))
+
+    # --- snapshot and records -----------------------------------------------------------------
+    def _snapshot(self, sweep_dir: Path) -> Path | None:
+        """Copy the primary config dir into the sweep dir once; return the copy (None if there is no file dir)."""
+        assert self.config is not None
+        sources = [src for src in self.config.hydra.runtime.config_sources if src.provider == "main"]
+        if not sources or sources[0].schema != "file":
+            return None
+        source = Path(sources[0].path).absolute()
+        target = sweep_dir / SNAPSHOT_DIR / "conf"
+        if source == target or target in source.parents:
+            return source  # a worker started from the snapshot
+        if not target.exists():
+            tmp = target.with_name(f".conf.{os.getpid()}.tmp")
+            shutil.copytree(source, tmp, symlinks=False)  # follows conf/experiment -> experiments/
+            os.replace(tmp, target)
+        return target
+
+    def _save_multirun_yaml(self, sweep_dir: Path) -> None:
+        assert self.config is not None
+        (sweep_dir / "multirun.yaml").write_text(redact(OmegaConf.to_yaml(self.config)))
+
+
+def _loader_from(loader: Any, config_dir: Path) -> Any:
+    """A config loader like `loader` whose primary config dir is `config_dir` (Hydra 1.3 internals)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+
+    search_path = ConfigSearchPathImpl()
+    for element in loader.get_search_path().get_path():
+        path = f"file://{config_dir}" if element.provider == "main" else element.path
+        search_path.append(element.provider, path)
+    return ConfigLoaderImpl(config_search_path=search_path)
+
+
+def _grid_size(space: SearchSpace) -> int:
+    size = 1
+    for values in space.grid().values():
+        size *= len(values)
+    return size
+
+
+def _failure_reason(ret: JobReturn | None) -> str | None:
+    if ret is None:
+        return "the launcher returned no result"
+    if ret.status == JobStatus.FAILED:
+        err = ret._return_value
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _fail_if_running(study: optuna.Study, number: int, reason: str) -> None:
+    """Fail a trial its job left RUNNING (it died before telling the study), keeping the reason."""
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    if study._storage.get_trial(trial_id).state != TrialState.RUNNING:
+        return
+    study._storage.set_trial_user_attr(trial_id, ATTR_FAIL_REASON, reason[:2000])
+    study.tell(number, state=TrialState.FAIL)
+
+
+def _log_outcome(study: optuna.Study, number: int) -> None:
+    trial = study.get_trials(deepcopy=False)[number]
+    run = trial.user_attrs.get(ATTR_RUN_NUMBER)
+    where = f" (output{run:02d})" if isinstance(run, int) else ""
+    if trial.state == TrialState.COMPLETE:
+        values = ", ".join(f"{v:.5g}" for v in trial.values)
+        log.info("audiolab: trial %d%s: COMPLETE, value %s", number, where, values)
+    elif trial.state == TrialState.PRUNED:
+        log.info("audiolab: trial %d%s: PRUNED at step %s", number, where, trial.user_attrs.get(ATTR_PRUNED_STEP))
+    else:
+        log.warning("audiolab: trial %d%s: %s: %s", number, where, trial.state.name,
+                    trial.user_attrs.get(ATTR_FAIL_REASON, "?"))
+
+
+def _too_many_failures(study: optuna.Study, max_failures: int) -> str:
+    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+    last = failed[-1] if failed else None
+    detail = f"; last: trial {last.number}: {last.user_attrs.get(ATTR_FAIL_REASON, '?')}" if last else ""
+    return (f"audiolab: sweep stopped: {len(failed)} trials of study {study.study_name} failed "
+            f"(hydra.sweeper.max_failures={max_failures}){detail}")
+
+
+def _log_summary(study: optuna.Study, trials: list[FrozenTrial]) -> None:
+    counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
+    log.info("audiolab: study %s: %s", study.study_name,
+             ", ".join(f"{n} {name.lower()}" for name, n in counts.items() if n))
+    if not any(t.state == TrialState.COMPLETE for t in trials):
+        return
+    for best in study.best_trials if len(study.directions) > 1 else [study.best_trial]:
+        run = best.user_attrs.get(ATTR_RUN_NUMBER)
+        log.info("audiolab: best trial %d%s: value %s, params %s", best.number,
+                 f" (output{run:02d})" if isinstance(run, int) else "", best.values, best.params)
