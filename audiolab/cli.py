@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
+from pathlib import Path
+from typing import Any
 
 from audiolab.config.schema import ConfigError
 
@@ -24,6 +27,80 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0 if result.status == "completed" else 1
 
 
+def _open_study(args: argparse.Namespace) -> tuple[Any, str] | None:
+    """The study named on the command line and its storage URL; None (after saying why) when there is none."""
+    import optuna
+
+    from audiolab.sweep.storage import JOURNAL_PREFIX, display_url, storage_url
+    from audiolab.sweep.study import open_study
+
+    try:
+        url = storage_url(args.storage, args.outputs)
+    except ValueError as err:
+        print(f"audiolab sweep: {err}", file=sys.stderr)
+        return None
+    for prefix in (JOURNAL_PREFIX, "sqlite:///"):
+        path = url[len(prefix):]
+        # Opening a file storage creates it: a typo in --outputs must not leave an empty optuna.db behind.
+        if url.startswith(prefix) and path != ":memory:" and not Path(path).exists():
+            print(f"audiolab sweep: no study {args.study!r}: no storage at {path} (studies there: none; "
+                  "pass --storage or --outputs)", file=sys.stderr)
+            return None
+    try:
+        with warnings.catch_warnings():  # heartbeat options are "experimental" in Optuna: noise for a reader
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return open_study(url, args.study), display_url(url)
+    except KeyError as err:
+        print(f"audiolab sweep: {err.args[0]}", file=sys.stderr)
+        return None
+
+
+def _sweep_show(args: argparse.Namespace) -> int:
+    from audiolab.sweep.review import format_table, state_counts, study_directions, trial_rows
+
+    opened = _open_study(args)
+    if opened is None:
+        return 2
+    study, shown = opened
+    rows = trial_rows(study)
+    counts = ", ".join(f"{n} {name.lower()}" for name, n in state_counts(rows).items()) or "no trials"
+    print(f"study {study.study_name} ({shown}): {len(rows)} trials: {counts}")
+    print(format_table(rows, sort=args.sort, directions=study_directions(study)))
+    return 0
+
+
+def _sweep_report(args: argparse.Namespace) -> int:
+    from audiolab.sweep.review import write_report
+
+    opened = _open_study(args)
+    if opened is None:
+        return 2
+    study, shown = opened
+    out = Path(args.out) if args.out else Path(args.outputs) / "multirun" / f"{args.study}_report.html"
+    print(write_report(study, out, top_k=args.top_k, storage=shown))
+    return 0
+
+
+def _add_sweep(commands: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("study", help="name of the Optuna study (hydra.sweeper.study_name)")
+    common.add_argument("--storage", default=None,
+                        help="storage URL: journal:PATH, sqlite:///PATH or postgresql://... "
+                             "(default: sqlite:///<outputs>/optuna.db)")
+    common.add_argument("--outputs", default="outputs", help="where numbered runs live (default: outputs)")
+    sweep = commands.add_parser("sweep", help="review an Optuna study: its trials as a table or an HTML report")
+    actions = sweep.add_subparsers(dest="sweep_command", required=True, metavar="{show,report}")
+    show = actions.add_parser("show", parents=[common], help="print the study's trials as a table")
+    show.add_argument("--sort", choices=("value", "number"), default="value",
+                      help="best first (value, the default) or in trial order (number)")
+    show.set_defaults(func=_sweep_show)
+    report = actions.add_parser("report", parents=[common],
+                                help="write an offline HTML report with Optuna's figures and the best runs")
+    report.add_argument("--out", default=None, help="the HTML file (default: <outputs>/multirun/<study>_report.html)")
+    report.add_argument("--top-k", type=int, default=5, help="how many best trials to show in detail (default: 5)")
+    report.set_defaults(func=_sweep_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `audiolab` command."""
     parser = argparse.ArgumentParser(prog="audiolab", description=__doc__)
@@ -33,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("overrides", nargs="*", help="key=value overrides applied to the saved config")
     rep.add_argument("--outputs", default="outputs", help="where numbered runs live (default: outputs)")
     rep.set_defaults(func=_reproduce)
+    _add_sweep(commands)
     return parser
 
 

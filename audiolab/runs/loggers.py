@@ -161,7 +161,7 @@ class WandbLogger(NullLogger):
             self.run.tags = tuple(dict.fromkeys([*self.run.tags, *tags]))
 
     def finish(self, status: str) -> None:
-        """Close the run; failed and interrupted runs are reported with a non-zero exit code (pruned is not an error)."""
+        """Close the run; failed and interrupted runs exit non-zero (a pruned run is not an error)."""
         if self.run is not None:
             self.run.finish(exit_code=0 if status in ("completed", "pruned") else 1)
             self.run = None

@@ -140,7 +140,8 @@ def storage_lock(url: str) -> Iterator[None]:
     """Hold a lock shared by every worker of this storage: a file lock beside a file, or a PostgreSQL advisory lock."""
     path = _file_path(url)
     if path is not None:
-        lock_path = path.with_name(path.name + ".lock")
+        # Not `<path>.lock`: JournalFileBackend's own symlink lock uses that name.
+        lock_path = path.with_name(path.name + ".audiolab-lock")
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with lock_path.open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)

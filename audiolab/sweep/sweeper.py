@@ -47,7 +47,7 @@ from audiolab.sweep.study import (
     open_study,
     worker_seed,
 )
-from audiolab.sweep.trial import STUDY_ENV, TRIAL_ENV
+from audiolab.sweep.trial import STUDY_ENV, TRIAL_ENV, Heartbeat
 
 log = logging.getLogger("audiolab.sweep")
 
@@ -137,7 +137,7 @@ class OptunaSweep:
         launcher = Plugins.instance().instantiate_launcher(hydra_context=context, task_function=self.task_function,
                                                            config=self.config)
         job_index = 0
-        poll = min(5.0, float(s.heartbeat_interval))
+        poll = min(1.0, float(s.heartbeat_interval))
         while True:
             with storage_lock(self.url):
                 fail_stale_trials(study)
@@ -155,11 +155,16 @@ class OptunaSweep:
                    f"++hydra.job.env_set.{STUDY_ENV}={s.study_name}"]
             log.info("audiolab: trial %d%s: %s", trial.number, f" (worker {worker})" if s.worker_index is not None
                      else "", " ".join(overrides))
+            # This worker beats for the trial too: it covers the job's start-up, and a job that sits in a queue.
+            heartbeat = Heartbeat.maybe(study, trial._trial_id)
             try:
                 returns: Sequence[JobReturn] = self._launch(launcher, overrides + env, job_index)
             except BaseException as err:
                 _fail_if_running(study, trial.number, f"launch failed: {type(err).__name__}: {err}")
                 raise
+            finally:
+                if heartbeat is not None:
+                    heartbeat.stop()
             job_index += 1
             ret = returns[0] if returns else None
             reason = _failure_reason(ret)
@@ -283,8 +288,9 @@ def _log_outcome(study: optuna.Study, number: int) -> None:
     elif trial.state == TrialState.PRUNED:
         log.info("audiolab: trial %d%s: PRUNED at step %s", number, where, trial.user_attrs.get(ATTR_PRUNED_STEP))
     else:
-        log.warning("audiolab: trial %d%s: %s: %s", number, where, trial.state.name,
-                    trial.user_attrs.get(ATTR_FAIL_REASON, "?"))
+        reason = trial.user_attrs.get(ATTR_FAIL_REASON) or (
+            "failed as stale by another worker: no heartbeat within the grace period (re-queued)")
+        log.warning("audiolab: trial %d%s: %s: %s", number, where, trial.state.name, reason)
 
 
 def _too_many_failures(study: optuna.Study, max_failures: int) -> str:

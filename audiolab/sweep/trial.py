@@ -41,8 +41,19 @@ TRIAL_ENV = "AUDIOLAB_OPTUNA_TRIAL"
 STUDY_ENV = "AUDIOLAB_OPTUNA_STUDY"
 
 
-class _Heartbeat:
+class Heartbeat:
     """A daemon thread stamping the trial alive every interval while the job runs."""
+
+    @classmethod
+    def maybe(cls, study: optuna.Study, trial_id: int) -> Heartbeat | None:
+        """A started heartbeat for the trial, or None when the storage has heartbeats off."""
+        storage = study._storage
+        if not is_heartbeat_enabled(storage):
+            return None
+        assert isinstance(storage, BaseHeartbeat)
+        beat = cls(storage, trial_id)
+        beat.start()
+        return beat
 
     def __init__(self, storage: BaseHeartbeat, trial_id: int) -> None:
         self._storage, self._trial_id = storage, trial_id
@@ -76,7 +87,7 @@ class TrialLink:
         self.objectives = objectives
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         self.trial = optuna.Trial(study, trial_id)
-        self._heartbeat: _Heartbeat | None = None
+        self._heartbeat: Heartbeat | None = None
         self._ended = False
 
     @classmethod
@@ -101,11 +112,7 @@ class TrialLink:
         """Tie the trial to its run and start the heartbeat."""
         self.trial.set_user_attr(ATTR_RUN_NUMBER, run_number)
         self.trial.set_user_attr(ATTR_RUN_DIR, str(run_dir))
-        storage = self.study._storage
-        if is_heartbeat_enabled(storage):
-            assert isinstance(storage, BaseHeartbeat)
-            self._heartbeat = _Heartbeat(storage, self.trial._trial_id)
-            self._heartbeat.start()
+        self._heartbeat = Heartbeat.maybe(self.study, self.trial._trial_id)
 
     def set_wandb_id(self, run_id: str | None) -> None:
         """Record the run's W&B id on the trial."""

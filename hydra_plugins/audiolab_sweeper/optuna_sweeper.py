@@ -7,7 +7,7 @@ here must be real types (no `from __future__ import annotations`, which dataclas
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 @dataclass
 class TPESamplerConf:
     kind: str = "tpe"
-    seed: Optional[int] = 0
+    seed: int | None = 0
     n_startup_trials: int = 10
     multivariate: bool = True
     # Parallel workers see running trials as if they had the worst value, so they do not pile up.
@@ -28,29 +28,29 @@ class TPESamplerConf:
 @dataclass
 class RandomSamplerConf:
     kind: str = "random"
-    seed: Optional[int] = 0
+    seed: int | None = 0
 
 
 @dataclass
 class GridSamplerConf:
     kind: str = "grid"
-    seed: Optional[int] = 0
+    seed: int | None = 0
 
 
 @dataclass
 class CmaEsSamplerConf:
     kind: str = "cmaes"
-    seed: Optional[int] = 0
+    seed: int | None = 0
     n_startup_trials: int = 1
-    restart_strategy: Optional[str] = None
+    restart_strategy: str | None = None
 
 
 @dataclass
 class NSGAIISamplerConf:
     kind: str = "nsga2"
-    seed: Optional[int] = 0
+    seed: int | None = 0
     population_size: int = 50
-    mutation_prob: Optional[float] = None
+    mutation_prob: float | None = None
     crossover_prob: float = 0.9
 
 
@@ -95,26 +95,26 @@ class AudiolabOptunaSweeperConf:
     # Trials of the same study name in the same storage are one search: re-running continues it.
     study_name: str = "audiolab"
     # null: sqlite file `optuna.db` under paths.outputs; `journal:PATH`; `sqlite:///PATH`; `postgresql://...`.
-    storage: Optional[str] = None
+    storage: str | None = None
     # Values the study optimises, read from the finished run: val/spec_loss, parameters, step_time.
     objectives: list[str] = field(default_factory=lambda: ["val/spec_loss"])
     directions: list[str] = field(default_factory=lambda: ["minimize"])
     # The study's total: re-running the same command continues until this many trials have finished.
     n_trials: int = 20
     n_workers: int = 1
-    max_failures: Optional[int] = 5
+    max_failures: int | None = 5
     # Search space in Hydra's override grammar, e.g. `optim.lr: tag(log, interval(1e-4, 1e-2))`.
     params: dict[str, str] = field(default_factory=dict)
     # Trials to run first, each a space-separated list of overrides, e.g. "optim.lr=1e-3 model.blocks_per_level=2".
     enqueue: list[str] = field(default_factory=list)
     # Seconds between a running trial's heartbeats; a trial silent for grace_period is failed and retried.
     heartbeat_interval: int = 10
-    grace_period: Optional[int] = None  # default: 3 x heartbeat_interval
+    grace_period: int | None = None  # default: 3 x heartbeat_interval
     max_retry: int = 2
     # Compose every trial from a copy of conf/ taken when the sweep starts (edits do not leak into it).
     snapshot: bool = True
     # Set by the sweeper on the worker processes it starts; not for users.
-    worker_index: Optional[int] = None
+    worker_index: int | None = None
 
 
 _store = ConfigStore.instance()

@@ -1,0 +1,221 @@
+"""Reviewing a study: the terminal table, the offline HTML report and `audiolab sweep show|report`."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+import plotly.offline
+import pytest
+import soundfile as sf
+from optuna.trial import TrialState
+
+from audiolab.cli import main
+from audiolab.sweep.review import format_table, sort_rows, trial_rows, write_report
+from audiolab.sweep.storage import storage_url
+from audiolab.sweep.study import (
+    ATTR_BEST_STEP,
+    ATTR_FAIL_REASON,
+    ATTR_PRUNED_STEP,
+    ATTR_RUN_DIR,
+    ATTR_RUN_NUMBER,
+    open_study,
+)
+
+STUDY = "demo"
+OOM = "RuntimeError: CUDA out of memory"
+
+
+def _run_dir(outputs: Path, number: int, status: str, curve: dict[int, float]) -> Path:
+    """A run directory as a trial's job leaves it: run.json, metrics.jsonl and samples at each validation."""
+    run = outputs / f"output{number:02d}"
+    samples = run / "samples"
+    samples.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"number": number, "status": status, "study": STUDY}))
+    lines = []
+    for step, value in curve.items():
+        lines += [{"step": step, "train/loss": 2 * value}, {"step": step, "val/spec_loss": value}]
+        for role in ("input", "output", "target"):
+            sf.write(samples / f"step{step:07d}_clip0_{role}.wav", np.zeros(64, dtype=np.float32), 16000)
+        plt.imsave(samples / f"step{step:07d}_spectrograms.png", np.zeros((4, 4)))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return run
+
+
+def _trial(study: optuna.Study, outputs: Path, number: int, lr: float, depth: int, curve: dict[int, float],
+           status: str) -> optuna.Trial:
+    study.enqueue_trial({"optim.lr": lr, "model.blocks_per_level": depth})
+    trial = study.ask()
+    trial.suggest_float("optim.lr", 1e-4, 1.0, log=True)
+    trial.suggest_int("model.blocks_per_level", 1, 4)
+    trial.set_user_attr(ATTR_RUN_NUMBER, number)
+    trial.set_user_attr(ATTR_RUN_DIR, str(_run_dir(outputs, number, status, curve)))
+    for step, value in curve.items():
+        trial.report(value, step)
+    return trial
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> Path:
+    """outputs/ holding study `demo` (trials: 0 complete 0.5, 1 pruned at step 2, 2 complete 0.3, 3 failed)."""
+    outputs = tmp_path / "outputs"
+    study = open_study(storage_url(None, outputs), STUDY, create=True, directions=["minimize"])
+    study.set_user_attr("objectives", ["val/spec_loss"])
+    study.set_user_attr("search_space", {"optim.lr": "tag(log, interval(1e-4, 1))"})
+
+    first = _trial(study, outputs, 1, 1e-3, 2, {2: 0.7, 4: 0.5}, "completed")
+    first.set_user_attr(ATTR_BEST_STEP, 4)
+    study.tell(first, 0.5)
+    # Lower than both final values, but from step 2 only: it must not rank above a completed trial.
+    pruned = _trial(study, outputs, 2, 0.5, 1, {2: 0.25}, "pruned")
+    pruned.set_user_attr(ATTR_PRUNED_STEP, 2)
+    study.tell(pruned, state=TrialState.PRUNED)
+    best = _trial(study, outputs, 3, 0.0012345678, 3, {2: 0.6, 4: 0.4, 6: 0.3}, "completed")
+    best.set_user_attr(ATTR_BEST_STEP, 6)
+    study.tell(best, 0.3)
+    failed = _trial(study, outputs, 4, 0.2, 1, {}, "failed")
+    failed.set_user_attr(ATTR_FAIL_REASON, OOM + "\n(while training step 1)")
+    study.tell(failed, state=TrialState.FAIL)
+    return outputs
+
+
+def _study(outputs: Path) -> optuna.Study:
+    return open_study(storage_url(None, outputs), STUDY)
+
+
+def _table(text: str) -> list[dict[str, str]]:
+    """The table's data lines as dicts keyed by header (cells are separated by two or more spaces)."""
+    header, _, *lines = text.splitlines()
+    names = re.split(r"\s{2,}", header.strip())
+    return [dict(zip(names, re.split(r"\s{2,}", line.strip()), strict=True)) for line in lines]
+
+
+def test_table_is_best_first_and_shows_states_pruned_step_and_fail_reason(outputs: Path) -> None:
+    rows = trial_rows(_study(outputs))
+    table = _table(format_table(rows))
+    assert [r["#"] for r in table] == ["2", "0", "1", "3"]  # completed by value, then pruned, then failed
+    assert [r["state"] for r in table] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
+    best, _, pruned, failed = table
+    assert best["value"] == "0.3" and best["best"] == "6" and best["run"] == "output03"
+    assert "optim.lr=0.001235" in best["params"] and "model.blocks_per_level=3" in best["params"]
+    assert best["run dir"] == str(outputs / "output03")
+    assert pruned["pruned@"] == "2" and pruned["value"] == "0.25" and pruned["best"] == "-"
+    assert failed["note"] == OOM and failed["value"] == "-"
+    assert [r["#"] for r in _table(format_table(rows, sort="number"))] == ["0", "1", "2", "3"]
+
+
+def test_sort_follows_each_objectives_direction() -> None:
+    rows: list[dict[str, Any]] = [{"number": n, "state": "COMPLETE", "values": v}
+                                  for n, v in enumerate([[1.0, 5.0], [3.0, 1.0], [3.0, 2.0], None])]
+    assert [r["number"] for r in sort_rows(rows, "value", ["minimize", "minimize"])] == [0, 1, 2, 3]
+    assert [r["number"] for r in sort_rows(rows, "value", ["maximize", "maximize"])] == [2, 1, 0, 3]
+    with pytest.raises(ValueError, match="sort"):
+        sort_rows(rows, "params")
+
+
+def _embedded_trials(page: str) -> list[dict[str, Any]]:
+    match = re.search(r'<script type="application/json" id="audiolab-trials">(.*?)</script>', page, re.S)
+    assert match, "no embedded trial table"
+    return json.loads(match[1])
+
+
+def test_report_is_one_offline_html_with_figures_curves_and_links(outputs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "reports" / "demo_report.html"
+    assert write_report(_study(outputs), out, top_k=3) == out
+    page = out.read_text()
+
+    trials = _embedded_trials(page)
+    assert [t["number"] for t in trials] == [0, 1, 2, 3]
+    assert Counter(t["state"] for t in trials) == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 1}
+    assert trials[1]["pruned_step"] == 2 and trials[3]["fail_reason"].startswith(OOM)
+    assert trials[2]["values"] == [0.3] and trials[2]["run_dir"] == str(outputs / "output03")
+
+    bundle = plotly.offline.get_plotlyjs()
+    assert page.count(bundle[:500]) == 1  # plotly.js inline, exactly once
+    assert page.count("Plotly.newPlot(") == 4  # history, intermediate values, parallel coordinates, importances
+    assert not re.search(r"<script[^>]*\bsrc=", page)
+    assert "https://cdn" not in page.replace(bundle, "")  # the bundle itself names tile servers it never calls
+    assert '"symbol":"x"' in page  # the pruned trial's end is marked
+    for title in ("Study demo", "Optimisation history", "Intermediate values", "Parallel coordinates",
+                  "Parameter importances", "2 complete, 1 pruned, 1 fail", str(outputs / "optuna.db")):
+        assert title in page
+
+    images = [unquote(src) for src in re.findall(r'<img src="([^"]+)"', page)]
+    assert "demo_report_files/validation_curves.png" in images
+    for src in images:
+        assert (out.parent / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
+    hrefs = {unquote(h) for h in re.findall(r'href="([^"]+)"', page)}
+    for run in ("output01", "output02", "output03", "output04"):
+        assert (out.parent / f"../outputs/{run}/").resolve() == outputs / run
+        assert f"../outputs/{run}/" in hrefs
+    # Latest samples only, and only for the top 3 (trials 2, 0, 1): the failed trial's run has none linked.
+    assert "../outputs/output01/samples/step0000004_clip0_output.wav" in hrefs
+    assert "../outputs/output01/samples/step0000004_clip0_target.wav" in hrefs
+    assert "../outputs/output03/samples/step0000006_spectrograms.png" in hrefs
+    assert "../outputs/output01/samples/step0000002_clip0_output.wav" not in hrefs
+    assert not any("output04/samples" in h for h in hrefs)
+
+
+def test_report_notes_figures_a_small_study_cannot_have(tmp_path: Path) -> None:
+    study = open_study(storage_url(None, tmp_path), "tiny", create=True, directions=["minimize"])
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    study.tell(trial, 1.0)
+    page = write_report(study, tmp_path / "tiny.html").read_text()
+    assert "needs at least 2 completed trials" in page
+    assert "No trial reported intermediate values." in page
+    assert page.count(plotly.offline.get_plotlyjs()[:500]) == 1
+    assert len(_embedded_trials(page)) == 1
+
+
+def test_multi_objective_report_draws_the_pareto_front(tmp_path: Path) -> None:
+    study = open_study(storage_url(None, tmp_path), "multi", create=True, directions=["minimize", "minimize"])
+    study.set_user_attr("objectives", ["val/spec_loss", "parameters"])
+    for x in (0.1, 0.5, 0.9):
+        trial = study.ask()
+        study.tell(trial, [trial.suggest_float("x", 0.0, 1.0) + x, 1.0 - x])
+    page = write_report(study, tmp_path / "multi.html").read_text()
+    assert "<h2>Pareto front</h2>" in page and "Optimisation history: parameters" in page
+    assert len(_embedded_trials(page)) == 3
+    assert ", " in _table(format_table(trial_rows(study)))[0]["value"]
+
+
+def test_cli_show_and_report(outputs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", "show", STUDY, "--outputs", str(outputs), "--sort", "number"]) == 0
+    shown = capsys.readouterr().out
+    assert "study demo" in shown and "4 trials: 2 complete, 1 pruned, 1 fail" in shown
+    assert [r["#"] for r in _table(shown.split("\n", 1)[1])] == ["0", "1", "2", "3"]
+
+    assert main(["sweep", "report", STUDY, "--outputs", str(outputs), "--top-k", "1"]) == 0
+    written = Path(capsys.readouterr().out.strip())
+    assert written == (outputs / "multirun" / "demo_report.html").absolute()
+    assert len(_embedded_trials(written.read_text())) == 4
+
+    custom = outputs.parent / "elsewhere.html"
+    assert main(["sweep", "report", STUDY, "--storage", storage_url(None, outputs), "--out", str(custom)]) == 0
+    assert custom.is_file() and (outputs.parent / "elsewhere_files" / "validation_curves.png").is_file()
+
+
+def test_cli_names_the_studies_there_when_one_is_missing(outputs: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", "show", "nope", "--outputs", str(outputs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'nope'" in err and "demo" in err and "\n" not in err
+
+    empty = tmp_path / "empty"
+    assert main(["sweep", "report", "nope", "--outputs", str(empty)]) == 2
+    assert "no storage" in capsys.readouterr().err and not empty.exists()  # nothing created by looking
+
+
+def test_cli_sweep_rejects_extra_arguments(outputs: Path) -> None:
+    for extra in (["a=1"], ["--bogus"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["sweep", "show", STUDY, "--outputs", str(outputs), *extra])
+        assert exit_.value.code == 2
