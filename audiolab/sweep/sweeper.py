@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,9 +75,6 @@ class OptunaSweep:
     def sweep(self, arguments: list[str]) -> list[FrozenTrial]:
         """Run (this worker's share of) the study; return its trials."""
         assert self.config is not None and self.hydra_context is not None
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        # Heartbeats are driven by the trial's job here (audiolab.sweep.trial), not by Study.optimize.
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         s = self.settings
         sweep_dir = Path(self.config.hydra.sweep.dir).absolute()
