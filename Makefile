@@ -8,7 +8,7 @@ ifeq ($(UV),)
 UV := python3 -m uv
 endif
 
-.PHONY: install train test lint clean
+.PHONY: install train test lint dashboard clean
 
 install: $(STAMP)
 
@@ -25,6 +25,12 @@ train: $(STAMP)
 test: $(STAMP)
 	@rm -f .pytest-status; status=0; $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
 	echo $$status > .pytest-status; exit $$status
+
+# optuna-dashboard (the optional `dashboard` extra) on the default sweep storage; STORAGE=... for another.
+STORAGE ?= sqlite:///outputs/optuna.db
+dashboard: $(STAMP)
+	$(UV) sync --locked --extra dev --extra dashboard
+	$(VENV)/bin/optuna-dashboard "$(STORAGE)" --host 127.0.0.1 --port 8080
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -175,7 +175,9 @@ def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_
 
         record.finish(result.status, step=result.step, best_val_spec_loss=result.best_value,
                       best_step=result.best_step, final=result.last_val,
-                      step_time=result.step_time if result.steps_run else None)
+                      step_time=result.step_time if result.steps_run else None,
+                      timing={"train_s": result.train_seconds, "validate_s": result.validate_seconds,
+                              "steps": result.steps_run})
         if result.status == "interrupted":
             record.update(signal=result.signal)
             tracker.finish("interrupted")

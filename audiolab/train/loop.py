@@ -53,6 +53,7 @@ class TrainResult:
     signal: int | None = None
     steps_run: int = 0  # in this call (a resume starts counting again)
     train_seconds: float = 0.0  # wall time of those steps, validation excluded
+    validate_seconds: float = 0.0  # wall time of validations, checkpoints and samples in this call
 
     @property
     def step_time(self) -> float:
@@ -224,7 +225,7 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
     bar = tqdm(total=max_steps, initial=step, desc=run_dir.name, dynamic_ncols=True, leave=False,
                disable=None if trainer.progress else True)
     window_start, window_steps = time.perf_counter(), 0
-    steps_run, train_seconds, pruned = 0, 0.0, False
+    steps_run, train_seconds, validate_seconds, pruned = 0, 0.0, 0.0, False
     with stop_on_signals() as received:
         while step < max_steps and not received:
             step_start = time.perf_counter()
@@ -269,6 +270,7 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
 
             # --- validate, checkpoint, log ---------------------------------------------------------
             if step % int(trainer.val_every) == 0 or step == max_steps:
+                validate_start = time.perf_counter()
                 last_val, outputs_val = validator.run(ema.module if ema is not None else model, amp)
                 if not math.isfinite(last_val["val/spec_loss"]):
                     raise NonFiniteLossError(f"non-finite val/spec_loss at step {step} (not checkpointed)")
@@ -292,6 +294,7 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
                          f", val/improvement {last_val['val/improvement']:+.4f}" if "val/improvement" in last_val
                          else "", best_value, best_step)
                 window_start, window_steps = time.perf_counter(), 0
+                validate_seconds += window_start - validate_start
                 if on_validation is not None and on_validation(step, last_val):
                     pruned = True
                     log.info("step %d: pruned by the sweep's pruner", step)
@@ -305,5 +308,6 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
     bar.close()
     status = "interrupted" if received else "pruned" if pruned else "completed"
     return TrainResult(status=status, step=step, best_value=best_value, best_step=best_step, last_val=last_val,
-                       signal=received[0] if received else None, steps_run=steps_run, train_seconds=train_seconds)
+                       signal=received[0] if received else None, steps_run=steps_run, train_seconds=train_seconds,
+                       validate_seconds=validate_seconds)
 
