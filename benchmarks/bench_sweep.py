@@ -38,8 +38,9 @@ DEPTHS = "choice(1,2,3)"
 def run_sweep(outputs: Path, study: str, extra: list[str]) -> float:
     """Run one sweep through `python run.py`; return its wall time in seconds."""
     args = [sys.executable, str(REPO / "run.py"), "hparams_search=lr_depth_lossw", "logger=none",
-            f"paths.outputs={outputs}", f"hydra.sweeper.study_name={study}", "hydra.sweeper.params={}",
-            f"optim.lr={LRS}", f"model.blocks_per_level={DEPTHS}", "trainer.progress=false", *extra]
+            f"paths.outputs={outputs}", f"hydra.sweeper.study_name={study}", "loss.terms.mrstft.weight=1.0",
+            "loss.terms.l1.weight=1.0", f"optim.lr={LRS}", f"model.blocks_per_level={DEPTHS}",
+            "trainer.progress=false", *extra]
     start = time.perf_counter()
     proc = subprocess.run(args, cwd=outputs.parent, capture_output=True, text=True)
     if proc.returncode != 0:
