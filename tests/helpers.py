@@ -38,3 +38,34 @@ class RaiseAfter(ConvNeXtUNet1d):
             if self.calls >= self.raise_at:
                 raise RuntimeError("injected fault")
         return super().forward(x)
+
+
+class RecordingLogger:
+    """A tracker (`logger._target_=helpers.RecordingLogger`) that writes what it was told to tracker.json in the run."""
+
+    def __init__(self) -> None:
+        self.calls: dict = {"tags": [], "summary": {}}
+        self.run_dir = None
+
+    def start(self, run_dir, name: str, group: str, config: dict, run_id: str | None = None) -> str | None:
+        self.run_dir = run_dir
+        self.calls.update(name=name, group=group, run_id=f"rec-{name}")
+        return self.calls["run_id"]
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def log_media(self, step: int, audio: dict, images: dict) -> None:
+        pass
+
+    def summary(self, values: dict) -> None:
+        self.calls["summary"].update({k: v for k, v in values.items() if isinstance(v, (int, float, str))})
+
+    def add_tags(self, *tags: str) -> None:
+        self.calls["tags"].extend(tags)
+
+    def finish(self, status: str) -> None:
+        import json
+
+        self.calls["status"] = status
+        (self.run_dir / "tracker.json").write_text(json.dumps(self.calls))

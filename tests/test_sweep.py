@@ -325,3 +325,15 @@ def test_interrupting_a_sweep_stops_it_and_keeps_the_budget(sweep_args: list[str
     trials = trials_of(outputs)
     assert len(trials) == 1 and trials[0].state == TrialState.FAIL and trials[0].user_attrs["interrupted"]
     assert run_json(trials[0])["status"] == "interrupted"
+
+
+def test_multi_objective_preset_records_quality_and_size(outputs: Path, env: dict[str, str], tmp_path: Path) -> None:
+    proc = run_cli(["hparams_search=lr_depth_size", "debug=fast", "logger=none", f"paths.outputs={outputs}",
+                    "hydra.sweeper.n_trials=3"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = trials_of(outputs, study="lr_depth_size")
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        record = run_json(t)
+        assert t.values == [record["best_val_spec_loss"], record["parameters"]]
+        assert not t.intermediate_values  # multi-objective trials are not pruned, so nothing is reported

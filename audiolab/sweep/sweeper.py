@@ -119,6 +119,9 @@ class OptunaSweep:
         trials = study.get_trials(deepcopy=False)
         if worker is None:
             _log_summary(study, trials)
+            if trials and not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
+                raise SweepStopped(f"audiolab: no trial of study {s.study_name} finished without failing; "
+                                   "see the reasons above")
         return trials
 
     def _work(self, study: optuna.Study, space: SearchSpace, n_trials: int, config_dir: Path | None,
@@ -153,8 +156,12 @@ class OptunaSweep:
                      else "", " ".join(overrides))
             # This worker beats for the trial too: it covers the job's start-up, and a job that sits in a queue.
             heartbeat = Heartbeat.maybe(study, trial._trial_id)
+            returns: Sequence[JobReturn] = []
+            launch_error = None
             try:
-                returns: Sequence[JobReturn] = self._launch(launcher, overrides + env, job_index)
+                returns = self._launch(launcher, overrides + env, job_index)
+            except Exception as err:  # e.g. the trial's overrides do not compose: that trial fails, the sweep goes on
+                launch_error = f"launch failed: {type(err).__name__}: {err}"
             except BaseException as err:
                 _fail_if_running(study, trial.number, f"launch failed: {type(err).__name__}: {err}")
                 raise
@@ -163,7 +170,7 @@ class OptunaSweep:
                     heartbeat.stop()
             job_index += 1
             ret = returns[0] if returns else None
-            reason = _failure_reason(ret)
+            reason = launch_error or _failure_reason(ret)
             _fail_if_running(study, trial.number, reason or "the job ended without reporting to the study")
             _log_outcome(study, trial.number)
             interrupted = getattr(ret, "_return_value", None) if ret is not None else None
