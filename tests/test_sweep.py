@@ -175,24 +175,35 @@ def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def _popen(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
+def _popen(args: list[str], env: dict[str, str], cwd: Path, log: Path, script: Path = REPO / "run.py"
+           ) -> subprocess.Popen:
     with log.open("w") as handle:
-        return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=env, stdout=handle,
+        return subprocess.Popen([sys.executable, str(script), *args], cwd=cwd, env=env, stdout=handle,
                                 stderr=subprocess.STDOUT)
+
+
+def start_until_first_run(args: list[str], env: dict[str, str], cwd: Path, outputs: Path,
+                          script: Path = REPO / "run.py") -> subprocess.Popen:
+    """Start a sweep in the background; return once its first run has written run.json (it is then training)."""
+    log = cwd / "sweep.log"
+    proc = _popen(args, env, cwd, log, script)
+    try:
+        _wait_for(lambda: (outputs / "output01" / "run.json").exists() or proc.poll() is not None, 120, "trial 0")
+        assert proc.poll() is None, log.read_text()[-3000:]
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
 
 
 def test_a_killed_workers_trial_is_retried_by_another_worker(sweep_args: list[str], outputs: Path,
                                                              env: dict[str, str], tmp_path: Path) -> None:
     # Worker A runs long trials; it is SIGKILLed once its first run has started.
-    a = _popen([*sweep_args, "hydra.sweeper.n_trials=2", "trainer.max_steps=100000", "trainer.val_every=50000"],
-               env, tmp_path, tmp_path / "a.log")
-    try:
-        _wait_for(lambda: (outputs / "output01" / "run.json").exists() or a.poll() is not None, 120, "worker A's run")
-        assert a.poll() is None, (tmp_path / "a.log").read_text()[-3000:]
-        time.sleep(0.5)
-    finally:
-        a.kill()
-        a.wait()
+    a = start_until_first_run([*sweep_args, "hydra.sweeper.n_trials=2", "trainer.max_steps=100000",
+                               "trainer.val_every=50000"], env, tmp_path, outputs)
+    time.sleep(0.5)
+    a.kill()
+    a.wait()
     orphan = trials_of(outputs)[0]
     assert orphan.state == TrialState.RUNNING
 
@@ -218,11 +229,8 @@ def test_config_edits_during_a_sweep_do_not_reach_later_trials(snapshot: bool, o
     args = [f"hparams_search={STUDY}", "debug=fast", "logger=none", f"paths.outputs={outputs}",
             "trainer.max_steps=150", "trainer.val_every=150", "hydra.sweeper.n_trials=2",
             f"hydra.sweeper.snapshot={str(snapshot).lower()}"]
-    with (tmp_path / "sweep.log").open("w") as log:
-        proc = subprocess.Popen([sys.executable, str(project / "run.py"), *args], cwd=tmp_path, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+    proc = start_until_first_run(args, env, tmp_path, outputs, script=project / "run.py")
     try:
-        _wait_for(lambda: (outputs / "output01" / "run.json").exists() or proc.poll() is not None, 120, "trial 0")
         assert not (outputs / "output02").exists(), "trial 0 ended before the edit; make it longer"
         trainer_yaml = project / "conf" / "trainer" / "default.yaml"
         trainer_yaml.write_text(trainer_yaml.read_text().replace("seed: 0", "seed: 123"))
@@ -312,10 +320,9 @@ def test_two_processes_share_one_postgresql_study(postgres_url: str, sweep_args:
 
 def test_interrupting_a_sweep_stops_it_and_keeps_the_budget(sweep_args: list[str], outputs: Path,
                                                             env: dict[str, str], tmp_path: Path) -> None:
-    proc = _popen([*sweep_args, "hydra.sweeper.n_trials=3", "trainer.max_steps=100000", "trainer.val_every=50000"],
-                  env, tmp_path, tmp_path / "sweep.log")
+    proc = start_until_first_run([*sweep_args, "hydra.sweeper.n_trials=3", "trainer.max_steps=100000",
+                                  "trainer.val_every=50000"], env, tmp_path, outputs)
     try:
-        _wait_for(lambda: (outputs / "output01" / "run.json").exists() or proc.poll() is not None, 120, "trial 0")
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)
