@@ -17,7 +17,7 @@ import shutil
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from hydra.core.hydra_config import HydraConfig
@@ -30,8 +30,11 @@ from audiolab.config.schema import validate_config
 from audiolab.runs.loggers import NullLogger, redact
 from audiolab.runs.numbering import allocate, find_run_dir
 from audiolab.runs.record import RunRecord, atomic_write_text, git_state, now_iso
-from audiolab.sweep.trial import TRIAL_ENV, TrialLink
+from audiolab.sweep import TRIAL_ENV
 from audiolab.train.loop import NonFiniteLossError, TrainResult, train
+
+if TYPE_CHECKING:
+    from audiolab.sweep.trial import TrialLink
 
 log = logging.getLogger("audiolab")
 
@@ -225,7 +228,11 @@ def launch_from_hydra(cfg: DictConfig) -> float:
         extra = [o for o in overrides if not o.startswith("resume=")]
         cfg = apply_overrides(saved, extra)
         meta = {"overrides": extra}
-    trial = None if resume else TrialLink.from_hydra(hydra_cfg.get("sweeper"), cfg.paths.outputs)
+    trial = None
+    if in_optuna_trial() and not resume:
+        from audiolab.sweep.trial import TrialLink  # Optuna is imported only by sweep jobs
+
+        trial = TrialLink.from_hydra(hydra_cfg.get("sweeper"), cfg.paths.outputs)
     if trial is not None:
         redact_hydra_files(run_dir / str(hydra_cfg.output_subdir))
     return run_training(cfg, run_dir, resume=resume, meta=meta, trial=trial).best_value

@@ -12,11 +12,13 @@ import fcntl
 import functools
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -25,6 +27,11 @@ from optuna.trial import FrozenTrial, TrialState
 from audiolab.runs.loggers import redact
 
 log = logging.getLogger(__name__)
+
+# Heartbeats, the stale-trial retry callback and fail_stale_trials are "experimental" in Optuna 5.0, and
+# it warns that heartbeats belong to Study.optimize; audiolab drives them from ask/tell on purpose.
+warnings.filterwarnings("ignore", category=ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 DEFAULT_FILE = "optuna.db"
 JOURNAL_PREFIX = "journal:"

@@ -33,6 +33,7 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from audiolab.runs.loggers import redact
+from audiolab.sweep import STUDY_ENV, TRIAL_ENV
 from audiolab.sweep.space import SearchSpace, parse_search_space
 from audiolab.sweep.storage import display_url, storage_lock, storage_url
 from audiolab.sweep.study import (
@@ -46,7 +47,7 @@ from audiolab.sweep.study import (
     open_study,
     worker_seed,
 )
-from audiolab.sweep.trial import STUDY_ENV, TRIAL_ENV, Heartbeat
+from audiolab.sweep.trial import Heartbeat
 
 log = logging.getLogger("audiolab.sweep")
 

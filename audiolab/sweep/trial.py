@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import TrialState
 
+from audiolab.sweep import STUDY_ENV, TRIAL_ENV
 from audiolab.sweep.storage import storage_url
 from audiolab.sweep.study import (
     ATTR_BEST_STEP,
@@ -36,9 +37,6 @@ from audiolab.sweep.study import (
 )
 
 log = logging.getLogger(__name__)
-
-TRIAL_ENV = "AUDIOLAB_OPTUNA_TRIAL"
-STUDY_ENV = "AUDIOLAB_OPTUNA_STUDY"
 
 
 class Heartbeat:
