@@ -145,7 +145,7 @@ class OptunaSweep:
                 if budget.done(n_trials):
                     return
                 if s.max_failures is not None and budget.failed >= int(s.max_failures):
-                    raise SweepStopped(_too_many_failures(study, int(s.max_failures)))
+                    raise SweepStopped(_too_many_failures(study, budget.failed, int(s.max_failures)))
                 trial = study.ask() if budget.may_start(n_trials) else None
                 overrides = space.suggest(trial) if trial is not None else []
             if trial is None:  # the rest of the budget is running on other workers; wait, in case one dies
@@ -160,7 +160,7 @@ class OptunaSweep:
             returns: Sequence[JobReturn] = []
             launch_error = None
             try:
-                returns = self._launch(launcher, overrides + env, job_index)
+                returns = launcher.launch([overrides + env], initial_job_idx=job_index)
             except Exception as err:  # e.g. the trial's overrides do not compose: that trial fails, the sweep goes on
                 launch_error = f"launch failed: {type(err).__name__}: {err}"
             except BaseException as err:
@@ -177,9 +177,6 @@ class OptunaSweep:
             interrupted = getattr(ret, "_return_value", None) if ret is not None else None
             if type(interrupted).__name__ == "RunInterrupted":
                 raise SweepStopped(128 + int(getattr(interrupted, "signum", 2)))
-
-    def _launch(self, launcher: Any, overrides: list[str], job_index: int) -> Sequence[JobReturn]:
-        return launcher.launch([overrides], initial_job_idx=job_index)
 
     # --- workers ------------------------------------------------------------------------------
     def _spawn_workers(self, n_workers: int, sweep_dir: Path, config_dir: Path | None) -> None:
@@ -283,7 +280,8 @@ def _fail_if_running(study: optuna.Study, number: int, reason: str) -> None:
 
 
 def _log_outcome(study: optuna.Study, number: int) -> None:
-    trial = study.get_trials(deepcopy=False)[number]
+    storage = study._storage
+    trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
     run = trial.user_attrs.get(ATTR_RUN_NUMBER)
     where = f" (output{run:02d})" if isinstance(run, int) else ""
     if trial.state == TrialState.COMPLETE:
@@ -297,11 +295,11 @@ def _log_outcome(study: optuna.Study, number: int) -> None:
         log.warning("audiolab: trial %d%s: %s: %s", number, where, trial.state.name, reason)
 
 
-def _too_many_failures(study: optuna.Study, max_failures: int) -> str:
-    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+def _too_many_failures(study: optuna.Study, n_failed: int, max_failures: int) -> str:
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     last = failed[-1] if failed else None
     detail = f"; last: trial {last.number}: {last.user_attrs.get(ATTR_FAIL_REASON, '?')}" if last else ""
-    return (f"audiolab: sweep stopped: {len(failed)} trials of study {study.study_name} failed "
+    return (f"audiolab: sweep stopped: {n_failed} trials of study {study.study_name} failed "
             f"(hydra.sweeper.max_failures={max_failures}){detail}")
 
 
