@@ -5,9 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 import audiolab.data.synth as synth
-from audiolab.data.clips import ClipArray, RandomCropSampler, fixed_crops, read_clip_cache, write_clip_cache
+from audiolab.data.clips import (
+    ClipArray,
+    ClipCacheWriter,
+    CropBatches,
+    RandomCropSampler,
+    fixed_crops,
+    read_clip_cache,
+    write_clip_cache,
+)
 
 
 def _build(cache: Path, seed: int = 0) -> synth.AudioData:
@@ -23,7 +33,7 @@ def test_synth_is_cached_and_keyed_by_parameters(tmp_path: Path, monkeypatch) ->
     assert len(calls) == 2  # train and val generated once
     second = _build(tmp_path)
     assert len(calls) == 2  # reused from the memory-mapped cache
-    assert isinstance(second.train.audio, np.memmap)
+    assert isinstance(second.train.audio.base, np.memmap)
     assert np.array_equal(first.train.audio, second.train.audio)
     assert first.train.seconds == 4 and first.val.seconds == 2
     _build(tmp_path, seed=1)
@@ -32,22 +42,55 @@ def test_synth_is_cached_and_keyed_by_parameters(tmp_path: Path, monkeypatch) ->
 
 def test_same_seed_same_audio_in_fresh_caches(tmp_path: Path) -> None:
     a, b = _build(tmp_path / "a"), _build(tmp_path / "b")
-    assert np.array_equal(a.train.audio, b.train.audio) and np.array_equal(a.val.audio, b.val.audio)
-    assert not np.array_equal(a.train.audio[:, :88200], a.val.audio[:, :88200])
+    assert np.array_equal(a.train.audio, b.train.audio)
+    assert np.array_equal(a.train.crop(0, 0, 88200), b.train.crop(0, 0, 88200))
+    assert not np.array_equal(a.train.crop(0, 0, 88200), a.val.crop(0, 0, 88200))
 
 
 def test_cache_round_trip_and_crops(tmp_path: Path) -> None:
     clips = [np.arange(10, dtype=np.float32), np.arange(100, 107, dtype=np.float32)]
-    write_clip_cache(tmp_path / "c", {"train": clips}, 8000, meta={})
-    arr = read_clip_cache(tmp_path / "c")["train"]
-    assert list(arr.lengths) == [10, 7]
+    write_clip_cache(tmp_path / "c", {"train": clips, "val": clips[:1]}, 8000, meta={})
+    cache = read_clip_cache(tmp_path / "c")
+    arr = cache.split("train")
+    assert list(arr.lengths) == [10, 7] and list(cache.split("val").lengths) == [10]
     assert arr.crop(1, 2, 3).tolist() == [[102, 103, 104]]
     assert fixed_crops(arr, 4) == [(0, 0), (0, 4), (1, 0)]
+    assert fixed_crops(arr, 2, max_crops=3) == [(0, 0), (0, 8), (1, 4)]  # evenly spread over all 8
     assert read_clip_cache(tmp_path / "missing") is None
 
 
+def test_int16_cache_is_written_in_blocks_and_scaled_back(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    stereo = rng.uniform(-1, 1, (1000, 2)).astype(np.float32)
+    stereo[0] = [1.5, -1.5]  # out of range: clipped and counted
+    with ClipCacheWriter(tmp_path / "c", 16000, channels=2, dtype="int16") as writer:
+        entry = writer.add((stereo[i:i + 300] for i in range(0, 1000, 300)), name="a")
+        writer.add([stereo[:10]], name="b")
+        writer.commit()
+    assert entry == {"name": "a", "start": 0, "length": 1000, "clipped_samples": 2}
+    cache = read_clip_cache(tmp_path / "c")
+    arr = cache.select([0, 1])
+    assert arr.audio.dtype == np.int16 and arr.channels == 2 and arr.names == ["a", "b"]
+    got = arr.crop(0, 1, 999)
+    assert got.shape == (2, 999) and np.abs(got - stereo[1:].T).max() <= 0.5 / 32768 + 1e-7
+    assert arr.crop(0, 0, 1)[:, 0].tolist() == [32767 / 32768, -1.0]
+    batch = CropBatches(arr, 5)[[(1, 0), (0, 3)]]
+    assert batch.dtype == torch.int16 and batch.shape == (2, 2, 5)
+    assert torch.allclose(arr.to_float(batch)[1], torch.from_numpy(arr.crop(0, 3, 5)))
+
+
+def test_writer_leaves_nothing_behind_on_error(tmp_path: Path) -> None:
+    def failing():
+        yield np.zeros((10, 1), np.float32)
+        raise RuntimeError("decoder died")
+
+    with pytest.raises(RuntimeError), ClipCacheWriter(tmp_path / "c", 8000, 1) as writer:
+        writer.add(failing())
+    assert list(tmp_path.iterdir()) == [] and read_clip_cache(tmp_path / "c") is None
+
+
 def test_crop_sampler_is_a_pure_function_of_seed_and_step() -> None:
-    arr = ClipArray(np.zeros((1, 1000), np.float32), np.array([0, 300, 1000]), 8000)
+    arr = ClipArray.from_offsets(np.zeros((1, 1000), np.float32), [0, 300, 1000], 8000)
     sampler = RandomCropSampler(arr, 200, batch_size=4, seed=3)
     assert sampler.batch_for_step(7) == RandomCropSampler(arr, 200, 4, seed=3, start_step=7).batch_for_step(7)
     assert sampler.batch_for_step(7) != sampler.batch_for_step(8)
