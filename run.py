@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from audiolab.config import ConfigError, register_configs
 from audiolab.config.resolvers import register_resolvers
+from audiolab.data.folder import DataError
 
 register_configs()
 register_resolvers()
@@ -29,6 +30,9 @@ def main(cfg: DictConfig) -> float:
         return launch_from_hydra(cfg)
     except ConfigError as err:
         print(f"audiolab: config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except DataError as err:
+        print(f"audiolab: data error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except RunFailed:
         raise SystemExit(1) from None

@@ -81,6 +81,57 @@ def _sweep_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_prepare(args: argparse.Namespace) -> int:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    from audiolab.config import register_configs
+    from audiolab.config.resolvers import register_resolvers
+    from audiolab.data.folder import DataError, Preprocessing, format_summary, prepare_folder, split_clips
+
+    register_configs()
+    register_resolvers()
+    # The same composition as `python run.py data=folder data.path=DIR ...`, so the cache is the one training uses.
+    overrides = ["data=folder", f"data.path={Path(args.path).absolute()}", *args.overrides]
+    try:
+        with initialize_config_dir(config_dir=str(Path(args.config_dir).absolute()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+    except HydraException as err:
+        print(f"audiolab data prepare: config error: {err}", file=sys.stderr)
+        return 2
+    params = Preprocessing(data["sample_rate"], data["channels"], data["dtype"], data["normalize"], data["peak_db"],
+                           data["loudness_lufs"])
+    try:
+        prepared = prepare_folder(data["path"], data["cache_dir"], params, data["val_path"],
+                                  args.workers if args.workers is not None else data["prepare_workers"],
+                                  data["extensions"], progress=data["progress"])
+    except DataError as err:
+        print(f"audiolab data prepare: {err}", file=sys.stderr)
+        return 2
+    split = split_clips(prepared.cache, data["segment"], data["val_fraction"])
+    print(format_summary(prepared, split, data["segment"]))
+    if not split.train or not split.val:
+        print(f"audiolab data prepare: no usable {'training' if not split.train else 'validation'} audio",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_data(commands: Any) -> None:
+    data = commands.add_parser("data", help="prepare a folder dataset's cache ahead of training")
+    actions = data.add_subparsers(dest="data_command", required=True, metavar="{prepare}")
+    prepare = actions.add_parser("prepare", help="build (or check) the cache of a folder and summarise it: files "
+                                 "used, durations, and every skipped file with its reason")
+    prepare.add_argument("path", help="the folder of audio files (data.path)")
+    prepare.add_argument("overrides", nargs="*", help="data.* overrides, as for run.py (e.g. data.sample_rate=48000)")
+    prepare.add_argument("--workers", type=int, default=None, help="decoding processes (default: data.prepare_workers)")
+    prepare.add_argument("--config-dir", default=str(Path(__file__).resolve().parents[1] / "conf"),
+                         help="Hydra config directory (default: the repository's conf/)")
+    prepare.set_defaults(func=_data_prepare)
+
+
 def _add_sweep(commands: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("study", help="name of the Optuna study (hydra.sweeper.study_name)")
@@ -111,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--outputs", default="outputs", help="where numbered runs live (default: outputs)")
     rep.set_defaults(func=_reproduce)
     _add_sweep(commands)
+    _add_data(commands)
     return parser
 
 

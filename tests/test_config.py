@@ -20,8 +20,8 @@ def _options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
-def test_every_option_composes_and_validates(group: str, option: str) -> None:
-    cfg = compose_config([f"{group}={option}"])
+def test_every_option_composes_and_validates(group: str, option: str, tmp_path) -> None:
+    cfg = compose_config([f"{group}={option}"] + ([f"data.path={tmp_path}"] if option == "folder" else []))
     validate_config(cfg, model_hop(cfg))
     assert cfg.trainer.max_steps >= 1
 
@@ -80,3 +80,8 @@ def test_cli_bad_values_exit_nonzero_and_leave_no_run_dir(override: str, key: st
     assert key in proc.stderr + proc.stdout
     leftovers = [p.name for p in outputs.iterdir()] if outputs.exists() else []
     assert not [n for n in leftovers if n.startswith("output")], leftovers
+
+
+def test_folder_data_without_a_path_names_the_key(run_tiny) -> None:
+    with pytest.raises(ConfigError, match=r"data.path must be set"):
+        run_tiny("data=folder")

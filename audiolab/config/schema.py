@@ -48,6 +48,7 @@ class DataConfig:
     batch_size: int = 8
     num_workers: int = 0
     cache_dir: str = "${paths.cache}"
+    val_max_crops: int | None = None  # validation crops kept (evenly spread); None keeps all
 
 
 @dataclass
@@ -62,6 +63,26 @@ class SynthDataConfig(DataConfig):
 
 
 @dataclass
+class FolderDataConfig(DataConfig):
+    """A folder of the user's audio files (see audiolab/data/folder.py)."""
+
+    _target_: str = "audiolab.data.folder.build_folder_data"
+    path: str = "???"
+    val_path: str | None = None  # a fixed validation folder; then all of `path` trains
+    channels: int = 1  # 1: mix to mono; 2: stereo (mono files are duplicated)
+    val_fraction: float = 0.1  # share of files (by path hash) that validate when val_path is null
+    val_max_crops: int | None = 256
+    dtype: str = "int16"  # cache sample type: int16 | float16 | float32
+    normalize: str = "none"  # none | peak | loudness
+    peak_db: float = -1.0  # normalize=peak: each file's peak in dBFS
+    loudness_lufs: float = -20.0  # normalize=loudness: each file's integrated loudness (BS.1770)
+    num_workers: int = 2
+    prepare_workers: int = 0  # processes decoding files into the cache; 0 = one per core, up to 8
+    extensions: list[str] = field(default_factory=lambda: ["wav", "flac", "ogg", "mp3", "aiff", "aif"])
+    progress: bool = True
+
+
+@dataclass
 class RestoreTaskConfig:
     """Pitch-shift round-trip restoration."""
 
@@ -70,6 +91,7 @@ class RestoreTaskConfig:
     lowpass_impossible: bool = True
     n_fft: int = 512
     max_denominator: int = 64
+    lowpass_bank: int | None = 10  # discrete target cutoffs; null: each k's exact cutoff
 
 
 def register_configs() -> None:
@@ -77,11 +99,13 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(group="schema/trainer", name="default", node=TrainerConfig)
     cs.store(group="schema/data", name="synth", node=SynthDataConfig)
+    cs.store(group="schema/data", name="folder", node=FolderDataConfig)
     cs.store(group="schema/task", name="restore", node=RestoreTaskConfig)
 
 
 _SCHEMAS_BY_TARGET: dict[str, type] = {
     SynthDataConfig._target_: SynthDataConfig,
+    FolderDataConfig._target_: FolderDataConfig,
     RestoreTaskConfig._target_: RestoreTaskConfig,
 }
 
@@ -102,6 +126,10 @@ def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
 def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
     """Check value ranges and cross-group rules; raise ConfigError naming the key."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} must be set, e.g. python run.py {missing[0]}=..."
+                          + (f" (also unset: {', '.join(missing[1:])})" if len(missing) > 1 else ""))
     trainer = _typed("trainer", cfg.trainer)
     data = _typed("data", cfg.data) or cfg.data
     _typed("task", cfg.task)
@@ -135,11 +163,31 @@ def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
         _need(data.clip_seconds * data.sample_rate >= data.segment, "data.clip_seconds", data.clip_seconds,
               f">= one segment ({data.segment / data.sample_rate:.3f} s)")
 
+    _need(data.val_max_crops is None or data.val_max_crops >= 1, "data.val_max_crops", data.val_max_crops,
+          ">= 1, or null for every crop")
+    if isinstance(data, FolderDataConfig):
+        _need(data.channels in (1, 2), "data.channels", data.channels, "1 or 2")
+        _need(0.0 <= data.val_fraction < 1.0, "data.val_fraction", data.val_fraction, "[0, 1)")
+        _need(data.val_fraction > 0 or data.val_path is not None, "data.val_fraction", data.val_fraction,
+              "> 0 unless data.val_path names a validation folder")
+        _need(data.dtype in ("int16", "float16", "float32"), "data.dtype", data.dtype, "int16, float16 or float32")
+        _need(data.normalize in ("none", "peak", "loudness"), "data.normalize", data.normalize,
+              "none, peak or loudness")
+        _need(data.prepare_workers >= 0, "data.prepare_workers", data.prepare_workers, ">= 0 (0: one per core)")
+        _need(bool(data.extensions), "data.extensions", data.extensions, "a non-empty list")
+    model_channels = cfg.model.get("channels")
+    data_channels = data.get("channels", 1) if isinstance(data, DictConfig) else getattr(data, "channels", 1)
+    if model_channels and int(model_channels[0]) != int(data_channels):
+        raise ConfigError(f"model.channels[0]={model_channels[0]} does not match data.channels={data_channels}: "
+                          "the model's input must have the dataset's channel count")
+
     task = cfg.task
     if "semitones" in task:
         semis = list(task.semitones)
         _need(len(semis) > 0 and all(s != 0 and abs(s) <= 12 for s in semis), "task.semitones", semis,
               "a non-empty list of non-zero integers within ±12")
+    bank = task.get("lowpass_bank")
+    _need(bank is None or int(bank) >= 1, "task.lowpass_bank", bank, ">= 1, or null for exact cutoffs")
 
     optim = cfg.optim
     lr = optim.get("lr")

@@ -1,0 +1,209 @@
+"""Decode one source file into float blocks at the dataset's rate and channel count, never whole.
+
+A file is read in blocks with soundfile, checked (NaN/Inf, silence), mixed to the target channels and
+resampled with a streaming wrapper around torchaudio's resampler. The result goes to a float32 shard
+on disk; the cache builder later scales it (normalisation, clipping guard) into the cache. Peak memory
+is a few blocks whatever the file's length. Every way a file can be unusable becomes a `FileResult`
+with a one-line reason instead of an exception.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.transforms as AT
+
+from audiolab.data.loudness import LoudnessMeter
+
+BLOCK_FRAMES = 1 << 17  # ~3 s at 44.1 kHz per read: bounded memory, few Python round trips
+SILENCE_PEAK = 2.0 ** -16  # below half a 16-bit LSB: the file would store as all zeros
+
+
+class StreamingResampler:
+    """torchaudio's sinc resampler applied block by block, equal to resampling the whole signal at once.
+
+    Why not torchaudio alone: `torchaudio.functional.resample` needs the whole signal, and torchaudio
+    2.11 no longer ships a streaming reader. Its kernel maps each group of `orig` input samples (rates
+    divided by their gcd) to `new` outputs and looks `width` samples to either side, so processing
+    input in chunks aligned to `orig`, with `width` (rounded up to a multiple of `orig`) of real
+    context on both sides, reproduces the one-shot result up to float rounding.
+    """
+
+    def __init__(self, orig_freq: int, new_freq: int, channels: int) -> None:
+        self.identity = orig_freq == new_freq
+        gcd = math.gcd(orig_freq, new_freq)
+        self.orig, self.new = orig_freq // gcd, new_freq // gcd
+        self.context = 0
+        if not self.identity:
+            self.resample = AT.Resample(orig_freq, new_freq)
+            self.context = -(-self.resample.width // self.orig) * self.orig  # >= width, a multiple of orig
+        # Input kept from global frame (done * orig - context) on; zeros stand in before the start.
+        self.buffer = np.zeros((self.context, channels), np.float32)
+        self.done = 0  # output groups (of `new` samples) already emitted
+        self.received = 0
+
+    def _run(self, chunk: np.ndarray, groups: int) -> np.ndarray:
+        out = self.resample(torch.from_numpy(np.ascontiguousarray(chunk.T)))
+        skip = self.context // self.orig * self.new
+        return out[:, skip:skip + groups * self.new].T.numpy()
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """Feed (frames, channels) input; return the output frames that are now final."""
+        if self.identity:
+            return block
+        self.received += len(block)
+        self.buffer = np.concatenate([self.buffer, block.astype(np.float32, copy=False)])
+        groups = (len(self.buffer) - 2 * self.context) // self.orig  # each needs `context` on its right
+        if groups <= 0:
+            return np.zeros((0, self.buffer.shape[1]), np.float32)
+        out = self._run(self.buffer[:2 * self.context + groups * self.orig], groups)
+        self.buffer = self.buffer[groups * self.orig:]
+        self.done += groups
+        return out
+
+    def flush(self) -> np.ndarray:
+        """The remaining output, as if the signal ended with zeros (torchaudio's edge handling)."""
+        if self.identity:
+            return np.zeros((0, self.buffer.shape[1]), np.float32)
+        total = -(-self.received * self.new // self.orig)  # torchaudio's output length: ceil
+        remaining = total - self.done * self.new
+        if remaining <= 0:
+            return np.zeros((0, self.buffer.shape[1]), np.float32)
+        groups = -(-remaining // self.new)
+        padded = np.concatenate([self.buffer, np.zeros((groups * self.orig + self.context, self.buffer.shape[1]),
+                                                       np.float32)])
+        out = self._run(padded[:2 * self.context + groups * self.orig], groups)
+        return out[:remaining]
+
+
+def mix_channels(block: np.ndarray, channels: int) -> np.ndarray:
+    """(frames, C) to (frames, channels): mono is the mean; stereo repeats mono or keeps the first two."""
+    have = block.shape[1]
+    if have == channels:
+        return block
+    if channels == 1:
+        return block.mean(axis=1, keepdims=True, dtype=np.float32)
+    if have == 1:
+        return np.repeat(block, channels, axis=1)
+    if have > channels:  # WAV channel order puts front left/right first
+        return block[:, :channels]
+    raise ValueError(f"cannot make {channels} channels from {have}")
+
+
+@dataclass
+class FileResult:
+    """What decoding one file gave: usable frames at the target rate, or the reason it was skipped."""
+
+    rel: str
+    reason: str | None = None  # None: usable
+    frames: int = 0  # at the target rate
+    source_rate: int = 0
+    source_channels: int = 0
+    subtype: str = ""
+    peak: float = 0.0  # of the decoded, mixed and resampled audio
+    lufs: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the file is usable."""
+        return self.reason is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy for the cache index."""
+        data = asdict(self)
+        if data["lufs"] is not None and not math.isfinite(data["lufs"]):
+            data["lufs"] = None
+        return data
+
+
+def _open_reason(path: Path, err: BaseException) -> str:
+    """A one-line reason for a file that could not be opened or read."""
+    if isinstance(err, PermissionError):
+        return "not readable: permission denied"
+    if isinstance(err, OSError) and err.errno == errno.ELOOP:
+        return "symlink loop"
+    if isinstance(err, FileNotFoundError):
+        return "vanished before it could be read"
+    if isinstance(err, sf.LibsndfileError):
+        message = err.error_string.strip().rstrip(".") or str(err)
+        return f"not readable as audio: {message}"
+    return f"not readable as audio: {type(err).__name__}: {err}"
+
+
+def _blocks(handle: sf.SoundFile) -> Iterator[np.ndarray]:
+    while True:
+        block = handle.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+        if len(block) == 0:
+            return
+        yield block
+
+
+def decode_file(path: Path, rel: str, sample_rate: int, channels: int, shard: Path | None,
+                measure_loudness: bool = False) -> FileResult:
+    """Decode `path` into `shard` (raw float32 frames at `sample_rate`); never raises for bad input."""
+    result = FileResult(rel)
+    try:
+        size = os.stat(path).st_size
+        if size == 0:
+            result.reason = "empty file (0 bytes)"
+            return result
+        os.close(os.open(path, os.O_RDONLY))  # libsndfile reports a permission problem as "System error"
+        handle = sf.SoundFile(path)
+    except Exception as err:  # noqa: BLE001 - every failure to open is a skip reason
+        result.reason = _open_reason(path, err)
+        return result
+
+    with handle:
+        result.source_rate, result.source_channels, result.subtype = handle.samplerate, handle.channels, handle.subtype
+        declared = handle.frames if handle.seekable() else -1
+        resampler = StreamingResampler(handle.samplerate, sample_rate, channels)
+        meter = LoudnessMeter(sample_rate, channels) if measure_loudness else None
+        source_peak, read = 0.0, 0
+        out = shard.open("wb") if shard is not None else None
+        try:
+            def emit(frames: np.ndarray) -> None:
+                if len(frames) == 0:
+                    return
+                result.frames += len(frames)
+                result.peak = max(result.peak, float(np.abs(frames).max()))
+                if meter is not None:
+                    meter.update(frames)
+                if out is not None:
+                    out.write(np.ascontiguousarray(frames, np.float32).tobytes())
+
+            for block in _blocks(handle):
+                finite = np.isfinite(block)
+                if not finite.all():
+                    bad = read + int(np.argmin(finite.all(axis=1)))
+                    result.reason = f"non-finite samples (NaN or Inf) at {bad / handle.samplerate:.3f} s"
+                    return result
+                source_peak = max(source_peak, float(np.abs(block).max()))
+                read += len(block)
+                emit(resampler.push(mix_channels(block, channels)))
+            emit(resampler.flush())
+        except Exception as err:  # noqa: BLE001 - a decode error mid-file is a skip reason too
+            result.reason = f"decoding failed after {read} frames: {_open_reason(path, err).split(': ', 1)[-1]}"
+            return result
+        finally:
+            if out is not None:
+                out.close()
+
+    if read == 0:
+        result.reason = "no audio frames"
+    elif source_peak < SILENCE_PEAK:
+        result.reason = "digital silence (every sample is zero or below half a 16-bit LSB)"
+    if declared > 0 and read < declared:
+        result.notes.append(f"truncated: read {read} of {declared} declared frames")
+    if meter is not None and result.ok:
+        result.lufs = meter.lufs()
+    return result
