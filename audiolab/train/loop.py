@@ -19,12 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from audiolab.data.clips import AudioData, fixed_crops, train_loader
+from audiolab.data.folder import DataError
 from audiolab.losses.composite import build_loss
 from audiolab.metrics.spectral import SpecDistance
 from audiolab.optim.build import build_optimizer, build_scheduler, load_optimizer_state
@@ -94,7 +96,7 @@ class Validator:
     """Fixed validation crops, their degraded inputs and targets, and the fixed `val/spec_loss`."""
 
     def __init__(self, data: AudioData, task: Any, device: torch.device, n_samples: int) -> None:
-        crops = fixed_crops(data.val, data.segment)
+        crops = fixed_crops(data.val, data.segment, data.val_max_crops)
         if not crops:
             raise ValueError(f"the validation split has no clip of at least one segment ({data.segment} samples)")
         clean = torch.from_numpy(np.stack([data.val.crop(c, s, data.segment) for c, s in crops])).to(device)
@@ -159,6 +161,16 @@ def _checkpoint_payload(model: torch.nn.Module, ema: AveragedModel | None, optim
     }
 
 
+def build_data(data_cfg: DictConfig) -> AudioData:
+    """Instantiate the dataset; a DataError (no usable file, missing folder) comes out as itself."""
+    try:
+        return instantiate(data_cfg)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, DataError):
+            raise err.__cause__ from None
+        raise
+
+
 def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None, resume: bool = False,
           after_step: Callable[[int], None] | None = None,
           on_validation: Callable[[int, dict[str, float]], bool] | None = None) -> TrainResult:
@@ -178,8 +190,10 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
     # --- build ---------------------------------------------------------------------------------
     model: torch.nn.Module = instantiate(cfg.model).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    data: AudioData = instantiate(cfg.data)
+    data = build_data(cfg.data)
     task = instantiate(cfg.task, sample_rate=data.sample_rate)
+    # Augmentations run on the device, in batch, on clean audio (before a task's degradation).
+    augment = instantiate(cfg.augment, sample_rate=data.sample_rate) if cfg.get("augment") else None
     loss_fn = build_loss(cfg.loss).to(device)
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_scheduler(cfg.optim, optimizer, int(trainer.max_steps))
@@ -190,7 +204,10 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
     grad_clip = float(cfg.optim.grad_clip) if cfg.optim.get("grad_clip") else math.inf
     log.info("model %s: %s parameters (%.2f M) on %s%s", cfg.model._target_.rsplit(".", 1)[-1],
              f"{n_params:,}", n_params / 1e6, device, f", {amp} autocast" if amp else "")
-    record.update(parameters=n_params, device=str(device), precision="bf16" if amp == torch.bfloat16 else "fp32")
+    if augment:
+        log.info("augmentations: %s", augment.describe())
+    record.update(parameters=n_params, device=str(device), precision="bf16" if amp == torch.bfloat16 else "fp32",
+                  data=data.info)
 
     # --- restore -------------------------------------------------------------------------------
     step, best_value, best_step = 0, math.inf, None
@@ -216,7 +233,8 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
     # --- train ---------------------------------------------------------------------------------
     max_steps = int(trainer.max_steps)
     seed = int(trainer.seed)
-    loader = train_loader(data.train, data.segment, data.batch_size, seed, start_step=step,
+    crop_length = augment.input_length(data.segment) if augment else data.segment  # pitch needs spare samples
+    loader = train_loader(data.train, crop_length, data.batch_size, seed, start_step=step,
                           num_workers=data.num_workers, fixed_batch=bool(trainer.overfit),
                           pin_memory=device.type == "cuda")
     batches = iter(loader)
@@ -229,9 +247,12 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
     with stop_on_signals() as received:
         while step < max_steps and not received:
             step_start = time.perf_counter()
-            clean = next(batches).to(device, non_blocking=True)
-            # Overfit mode repeats step 0's crops and degradation: one truly fixed batch.
-            task_rng = np.random.default_rng([seed, 0 if trainer.overfit else step, 1])
+            clean = data.train.to_float(next(batches).to(device, non_blocking=True))
+            # Overfit mode repeats step 0's crops, augmentation and degradation: one truly fixed batch.
+            draw_step = 0 if trainer.overfit else step
+            if augment:
+                clean = augment(clean, np.random.default_rng([seed, draw_step, 2]), data.segment)
+            task_rng = np.random.default_rng([seed, draw_step, 1])
             inputs, targets = task.training_pair(clean, task_rng)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 outputs = model(inputs)
