@@ -76,3 +76,40 @@ def test_training_pairs_are_seeded_and_validation_pairs_fixed() -> None:
     b = task.training_pair(clean, np.random.default_rng([0, 5, 1]))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert torch.equal(task.validation_pair(clean, 3)[0], task.validation_pair(clean, 3)[0])
+
+
+def test_cutoff_bank_uses_the_nearest_cutoff_at_or_below_the_true_one() -> None:
+    task = PitchShiftRestore(SR, lowpass_bank=10)
+    assert len(task.bank) == 10 and task.bank[0] == task.cutoff_hz(4) and task.bank[-1] == task.cutoff_hz(1)
+    for k in (1, 2, 3, 4):
+        used, true = task.lowpass_hz(k), task.cutoff_hz(k)
+        assert used in task.bank and used <= true
+        assert not ((task.bank > used) & (task.bank <= true)).any()  # the nearest one below
+    assert task.lowpass_hz(-2) is None
+    assert PitchShiftRestore(SR, lowpass_bank=None).lowpass_hz(2) == task.cutoff_hz(2)
+    # Fewer filters: coarser, still never above the true cutoff.
+    coarse = PitchShiftRestore(SR, lowpass_bank=2)
+    assert coarse.lowpass_hz(2) == coarse.lowpass_hz(3) == coarse.cutoff_hz(4)
+
+
+def test_degrade_applies_the_bank_cutoff_to_the_target() -> None:
+    clean = torch.randn(1, 1, 16384) * 0.1
+    task = PitchShiftRestore(SR, lowpass_bank=10)
+    _, target = task.degrade(clean, [2])
+    spectrum = torch.fft.rfft(target[0, 0]).abs()
+    freqs = torch.fft.rfftfreq(16384, 1 / SR)
+    assert spectrum[freqs > task.lowpass_hz(2) + 1].max() < 1e-3  # removed above the bank cutoff...
+    assert task.lowpass_hz(2) < task.cutoff_hz(2) - 100
+    assert spectrum[(freqs > 1000) & (freqs < task.lowpass_hz(2) * 0.97)].min() > 0  # ...kept below
+
+
+def test_cutoff_table_documents_the_bank() -> None:
+    from audiolab.tasks.restore import cutoff_table
+
+    rows = cutoff_table(44100).splitlines()[1:]
+    assert [r.split()[0] for r in rows] == ["1", "2", "3", "4"]
+    task = PitchShiftRestore(SR)
+    for row in rows:
+        k, _, true, used = row.split()
+        assert float(true) == pytest.approx(task.cutoff_hz(int(k)), abs=0.05)
+        assert float(used) == pytest.approx(task.lowpass_hz(int(k)), abs=0.05)

@@ -13,7 +13,22 @@ is destroyed before the shift back down; no model can know what it was. The targ
 low-passed at f_c (zero-phase), so the loss does not reward inventing it. Shifting down first (k < 0)
 maps f to f/r <= sr/2 and back, so nothing is lost and the target stays untouched.
 `lowpass_impossible=false` turns this off. With the rational ratio p/q used here f_c = (sr/2) * q/p
-exactly. At 44.1 kHz: k=1 -> 20.8 kHz, k=2 -> 19.6 kHz, k=3 -> 18.5 kHz, k=4 -> 17.5 kHz.
+exactly.
+
+Cutoff bank. The low-pass is not applied at each example's exact f_c but at the nearest of
+`lowpass_bank` (default 10) discrete cutoffs at or below it, spread evenly in Hz between the lowest and
+the highest f_c of the configured upward shifts; the original experiments went from 6 to 10 filters.
+Both ends of the bank are exact cutoffs, so no example ever keeps content above its own f_c.
+`lowpass_bank: null` uses each f_c exactly. At 44.1 kHz with the default k in ±1..4 (bank of 10,
+366.9 Hz apart):
+
+    k   ratio   true f_c (Hz)   bank cutoff used (Hz)
+    1   53/50   20801.9         20801.9
+    2   55/49   19644.5         19334.4
+    3   44/37   18542.0         18233.8
+    4   63/50   17500.0         17500.0
+
+(`audiolab.tasks.restore.cutoff_table` prints this for any rate and set.)
 """
 
 from __future__ import annotations
@@ -32,17 +47,31 @@ class PitchShiftRestore:
     has_input_baseline = True  # the degraded input is a meaningful do-nothing baseline
 
     def __init__(self, sample_rate: int, semitones: Sequence[int] = (-4, -3, -2, -1, 1, 2, 3, 4),
-                 lowpass_impossible: bool = True, n_fft: int = 512, max_denominator: int = 64) -> None:
+                 lowpass_impossible: bool = True, n_fft: int = 512, max_denominator: int = 64,
+                 lowpass_bank: int | None = 10) -> None:
         self.sample_rate = sample_rate
         self.semitones = [int(k) for k in semitones]
         self.lowpass_impossible = lowpass_impossible
         self.n_fft = n_fft
         self.ratios = {k: semitone_ratio(k, max_denominator) for k in self.semitones}
+        if lowpass_bank is not None and lowpass_bank < 1:
+            raise ValueError(f"lowpass_bank={lowpass_bank}: need at least 1 cutoff, or null for exact cutoffs")
+        exact = sorted({c for k in self.semitones if (c := self.cutoff_hz(k)) is not None})
+        self.bank: np.ndarray | None = None
+        if lowpass_bank and exact:
+            self.bank = np.linspace(exact[0], exact[-1], lowpass_bank) if lowpass_bank > 1 else np.array(exact[:1])
 
     def cutoff_hz(self, k: int) -> float | None:
         """Highest recoverable frequency after a +k/-k round trip (None: nothing is lost)."""
         ratio = self.ratios[k]
         return self.sample_rate / 2 / float(ratio) if ratio > 1 else None
+
+    def lowpass_hz(self, k: int) -> float | None:
+        """The cutoff actually applied to the target for shift k: the bank's nearest at or below cutoff_hz(k)."""
+        cutoff = self.cutoff_hz(k)
+        if cutoff is None or self.bank is None:
+            return cutoff
+        return float(self.bank[self.bank <= cutoff * (1 + 1e-9)].max())
 
     def degrade(self, clean: torch.Tensor, semitones: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Round-trip each example of clean (B, C, T) by its own k; return (degraded, target)."""
@@ -55,7 +84,7 @@ class PitchShiftRestore:
             ratio = self.ratios[k]
             shifted = pitch_shift(pitch_shift(group, ratio, self.n_fft), 1 / ratio, self.n_fft)
             degraded.index_copy_(0, idx, shifted)
-            cutoff = self.cutoff_hz(k)
+            cutoff = self.lowpass_hz(k)
             if self.lowpass_impossible and cutoff is not None:
                 target.index_copy_(0, idx, lowpass_fft(group, cutoff, self.sample_rate))
         return degraded, target
@@ -70,3 +99,15 @@ class PitchShiftRestore:
         n = len(self.semitones)
         ks = [self.semitones[(first_index + i) % n] for i in range(clean.shape[0])]
         return self.degrade(clean, ks)
+
+
+def cutoff_table(sample_rate: int = 44100, semitones: Sequence[int] = (1, 2, 3, 4), lowpass_bank: int | None = 10,
+                 max_denominator: int = 64) -> str:
+    """The k -> (ratio, true cutoff, bank cutoff) table for the docs, for any rate and shift set."""
+    task = PitchShiftRestore(sample_rate, semitones, lowpass_bank=lowpass_bank, max_denominator=max_denominator)
+    rows = ["k   ratio   true f_c (Hz)   bank cutoff used (Hz)"]
+    for k in sorted(k for k in task.semitones if task.cutoff_hz(k) is not None):
+        ratio = task.ratios[k]
+        rows.append(f"{k:<3} {f'{ratio.numerator}/{ratio.denominator}':<7} {task.cutoff_hz(k):<15.1f} "
+                    f"{task.lowpass_hz(k):.1f}")
+    return "\n".join(rows)
