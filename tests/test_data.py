@@ -16,6 +16,7 @@ from audiolab.data.clips import (
     RandomCropSampler,
     fixed_crops,
     read_clip_cache,
+    train_loader,
     write_clip_cache,
 )
 
@@ -100,3 +101,18 @@ def test_crop_sampler_is_a_pure_function_of_seed_and_step() -> None:
         assert 0 <= start <= arr.lengths[clip] - 200
     fixed = RandomCropSampler(arr, 200, 4, seed=3, fixed_batch=True)
     assert fixed.batch_for_step(0) == fixed.batch_for_step(9)
+
+
+def test_threaded_and_process_loaders_yield_the_sampler_batches_in_order() -> None:
+    audio = np.arange(3000, dtype=np.int16)[None]
+    arr = ClipArray.from_offsets(audio, [0, 1000, 3000], 8000)
+    sampler = RandomCropSampler(arr, 100, batch_size=3, seed=5)
+    expected = [CropBatches(arr, 100)[sampler.batch_for_step(s)] for s in range(4, 12)]
+    for backend, workers in (("threads", 0), ("threads", 2), ("processes", 0), ("processes", 2)):
+        batches = iter(train_loader(arr, 100, 3, seed=5, start_step=4, num_workers=workers, backend=backend))
+        got = [next(batches) for _ in range(8)]
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True)), (backend, workers)
+        if hasattr(batches, "close"):
+            batches.close()
+    with pytest.raises(ValueError, match="data.loader='fibres'"):
+        train_loader(arr, 100, 3, seed=5, start_step=0, backend="fibres")

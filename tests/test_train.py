@@ -116,3 +116,14 @@ def test_injected_nan_fails_clearly_without_checkpoint(run_tiny, outputs: Path) 
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "failed" and "non-finite loss" in info["error"]
     assert not (run_dir / "checkpoints" / "last.pt").exists()
+
+
+def test_augmentations_follow_the_run_seed_and_change_what_is_trained(run_tiny) -> None:
+    threaded, _ = run_tiny("augment=full", "data.num_workers=2")
+    inline, _ = run_tiny("augment=full")
+    plain, _ = run_tiny()
+    other_seed, _ = run_tiny("augment=full", "trainer.seed=1")
+    losses = lambda d: [m["train/loss"] for m in read_metrics(d) if "train/loss" in m]  # noqa: E731
+    assert _reproducible(read_metrics(threaded)) == _reproducible(read_metrics(inline))
+    assert losses(threaded) != losses(plain) and losses(threaded) != losses(other_seed)
+    assert "augmentations: pitch(p=0.3" in (threaded / "train.log").read_text()

@@ -49,6 +49,7 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: str = "${paths.cache}"
     val_max_crops: int | None = None  # validation crops kept (evenly spread); None keeps all
+    loader: str = "threads"  # threads (slice in background threads) | processes (torch DataLoader workers)
 
 
 @dataclass
@@ -150,6 +151,7 @@ def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
     _need(data.segment >= 1, "data.segment", data.segment, ">= 1")
     _need(data.batch_size >= 1, "data.batch_size", data.batch_size, ">= 1")
     _need(data.num_workers >= 0, "data.num_workers", data.num_workers, ">= 0")
+    _need(data.loader in ("threads", "processes"), "data.loader", data.loader, "threads or processes")
     min_segment = SPEC_FFT_SIZES[0]  # the fixed validation distance's largest STFT frame
     _need(data.segment >= min_segment, "data.segment", data.segment,
           f">= {min_segment} (the largest frame of the fixed val/spec_loss)")

@@ -358,6 +358,10 @@ def split_clips(cache: ClipCache, segment: int, val_fraction: float) -> FolderSp
     return FolderSplit(train, val, too_short, notes)
 
 
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
@@ -377,8 +381,8 @@ def format_summary(prepared: Prepared, split: FolderSplit, segment: int, max_ski
     lines = [
         f"cache {cache.directory} ({state}): {rate} Hz, {'mono' if channels == 1 else f'{channels} channels'}, "
         f"{index['dtype']}",
-        f"used {len(used)} files, {_duration(seconds(used))}: train {len(split.train)} files "
-        f"({_duration(seconds(split.train))}), val {len(split.val)} files ({_duration(seconds(split.val))})",
+        f"used {_files(len(used))}, {_duration(seconds(used))}: train {_files(len(split.train))} "
+        f"({_duration(seconds(split.train))}), val {_files(len(split.val))} ({_duration(seconds(split.val))})",
     ]
     lines += [f"note: {n}" for n in split.notes]
     noted = [(cache.clips[i]["name"], note) for i in used for note in cache.clips[i].get("notes", [])]
@@ -386,7 +390,7 @@ def format_summary(prepared: Prepared, split: FolderSplit, segment: int, max_ski
         lines.append(f"{len(noted)} note{'s' if len(noted) > 1 else ''} on used files:")
         lines += [f"  {name}: {note}" for name, note in noted]
     if skipped:
-        lines.append(f"skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''}:")
+        lines.append(f"skipped {_files(len(skipped))}:")
         shown = skipped if max_skips is None else skipped[:max_skips]
         lines += [f"  {name}: {reason}" for name, reason in shown]
         if len(shown) < len(skipped):
@@ -410,7 +414,7 @@ def build_folder_data(path: str, sample_rate: int, segment: int, batch_size: int
                       val_max_crops: int | None = 256, dtype: str = "int16", normalize: str = "none",
                       peak_db: float = -1.0, loudness_lufs: float = -20.0, num_workers: int = 2,
                       prepare_workers: int = 0, extensions: Sequence[str] = EXTENSIONS,
-                      progress: bool = True) -> AudioData:
+                      progress: bool = True, loader: str = "threads") -> AudioData:
     """The folder dataset, ready to train on: prepare (or reuse) its cache, split it, and summarise it."""
     params = Preprocessing(sample_rate, channels, dtype, normalize, peak_db, loudness_lufs)
     prepared = prepare_folder(path, cache_dir, params, val_path, prepare_workers, list(extensions), progress)
@@ -426,7 +430,7 @@ def build_folder_data(path: str, sample_rate: int, segment: int, batch_size: int
         log.info("data: %s", line)
     cache = prepared.cache
     return AudioData(train=cache.select(split.train), val=cache.select(split.val), segment=segment,
-                     batch_size=batch_size, num_workers=num_workers, val_max_crops=val_max_crops,
+                     batch_size=batch_size, num_workers=num_workers, val_max_crops=val_max_crops, loader=loader,
                      info={"source": where, "cache": str(cache.directory), "train_files": len(split.train),
                            "val_files": len(split.val), "skipped": len(cache.index["skipped"]) + len(split.too_short),
                            "train_seconds": round(cache.select(split.train).seconds, 3),

@@ -236,7 +236,7 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
     crop_length = augment.input_length(data.segment) if augment else data.segment  # pitch needs spare samples
     loader = train_loader(data.train, crop_length, data.batch_size, seed, start_step=step,
                           num_workers=data.num_workers, fixed_batch=bool(trainer.overfit),
-                          pin_memory=device.type == "cuda")
+                          pin_memory=device.type == "cuda", backend=data.loader)
     batches = iter(loader)
     last_val: dict[str, float] = {}
     model.train()
@@ -327,6 +327,8 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
             checkpoint("last.pt")
             log.warning("interrupted at step %d; resume with: python run.py resume=%s", step, run_dir)
     bar.close()
+    if hasattr(batches, "close"):  # the threaded loader's generator: stop its threads now
+        batches.close()
     status = "interrupted" if received else "pruned" if pruned else "completed"
     return TrainResult(status=status, step=step, best_value=best_value, best_step=best_step, last_val=last_val,
                        signal=received[0] if received else None, steps_run=steps_run, train_seconds=train_seconds,
