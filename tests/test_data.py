@@ -116,3 +116,13 @@ def test_threaded_and_process_loaders_yield_the_sampler_batches_in_order() -> No
             batches.close()
     with pytest.raises(ValueError, match="data.loader='fibres'"):
         train_loader(arr, 100, 3, seed=5, start_step=0, backend="fibres")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (pinned host memory)")
+def test_pinned_batches_are_pinned_and_identical() -> None:
+    arr = ClipArray.from_offsets(np.arange(3000, dtype=np.int16)[None], [0, 1000, 3000], 8000)
+    plain = iter(train_loader(arr, 100, 3, seed=5, start_step=0, num_workers=2))
+    pinned = iter(train_loader(arr, 100, 3, seed=5, start_step=0, num_workers=2, pin_memory=True))
+    for _ in range(5):
+        batch = next(pinned)
+        assert batch.is_pinned() and torch.equal(batch, next(plain))

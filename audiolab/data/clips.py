@@ -230,12 +230,16 @@ class CropBatches(Dataset):
     def __len__(self) -> int:
         return len(self.clips.lengths)
 
-    def __getitem__(self, crops: list[tuple[int, int]]) -> torch.Tensor:
+    def fill(self, crops: list[tuple[int, int]], out: np.ndarray) -> None:
+        """Copy the crops into `out` (B, channels, length), e.g. a view of pinned memory."""
         audio, length = self.clips.audio, self.length
-        out = np.empty((len(crops), audio.shape[0], length), dtype=audio.dtype)
         for row, (clip, start) in enumerate(crops):
             begin = int(self.clips.starts[clip]) + start
             out[row] = audio[:, begin:begin + length]
+
+    def __getitem__(self, crops: list[tuple[int, int]]) -> torch.Tensor:
+        out = np.empty((len(crops), self.clips.channels, self.length), dtype=self.clips.audio.dtype)
+        self.fill(crops, out)
         return torch.from_numpy(out)
 
 
@@ -290,10 +294,15 @@ class CropLoader:
         self._pool: ThreadPoolExecutor | None = None
 
     def _make(self, crops: list[tuple[int, int]]) -> torch.Tensor:
-        batch = self.batches[crops]
-        # Pinned memory lets the trainer's .to(device, non_blocking=True) overlap with compute; torch's
+        if not self.pin_memory:
+            return self.batches[crops]
+        # Sliced straight into pinned memory, so .to(device, non_blocking=True) overlaps with compute; torch's
         # caching host allocator reuses these buffers once their copy has finished.
-        return batch.pin_memory() if self.pin_memory else batch
+        clips = self.batches.clips
+        out = torch.empty((len(crops), clips.channels, self.batches.length), pin_memory=True,
+                          dtype=torch.from_numpy(clips.audio[:, :0]).dtype)
+        self.batches.fill(crops, out.numpy())
+        return out
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         crops = iter(self.sampler)
