@@ -56,6 +56,9 @@ def test_resumed_run_continues_the_same_wandb_run(run_tiny, outputs: Path, monke
 
     cfg = load_resolved_config(run_dir)
     cfg.trainer.max_steps = 5
+    # W&B names offline directories by the second they start in: a resume within the same second would
+    # share the first session's directory, and the count below could not tell the two sessions apart.
+    time.sleep(1.05 - time.time() % 1)
     run_training(cfg, run_dir, resume=True)
     info = json.loads((run_dir / "run.json").read_text())
     assert info["wandb_id"] == first_id and info["step"] == 5
