@@ -20,7 +20,6 @@ from __future__ import annotations
 import concurrent.futures as futures
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -43,6 +42,7 @@ from tqdm import tqdm
 from audiolab.data.clips import CACHE_FORMAT, DTYPES, AudioData, ClipCache, ClipCacheWriter, read_clip_cache
 from audiolab.data.decode import FileResult, decode_file
 from audiolab.data.loudness import gain_to_lufs
+from audiolab.locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -169,18 +169,6 @@ def cache_key(scan: Scan, roots: Sequence[Path], params: Preprocessing) -> tuple
                "unstatable": sorted(s.rel for s in scan.skipped)}
     digest = lambda obj: hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]  # noqa: E731
     return digest(content), digest(source)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if needed): concurrent runs build a cache once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _worker_init() -> None:
@@ -310,7 +298,7 @@ def prepare_folder(path: str | Path, cache_dir: str | Path, params: Preprocessin
     key, source_id = cache_key(scan, roots, params)
     cache_dir = Path(cache_dir)
     directory = cache_dir / f"folder-{key}"
-    with _locked(cache_dir / f"folder-{key}.lock"):
+    with file_lock(cache_dir / f"folder-{key}.lock"):  # runs starting together build it once
         cache = read_clip_cache(directory)
         built = cache is None
         if built:

@@ -8,7 +8,6 @@ study and its schema, and the budget check around `study.ask()`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import logging
 import time
@@ -24,6 +23,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from audiolab.locks import file_lock
 from audiolab.runs.loggers import redact
 
 log = logging.getLogger(__name__)
@@ -148,14 +148,8 @@ def storage_lock(url: str) -> Iterator[None]:
     path = _file_path(url)
     if path is not None:
         # Not `<path>.lock`: JournalFileBackend's own symlink lock uses that name.
-        lock_path = path.with_name(path.name + ".audiolab-lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with lock_path.open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(path.with_name(path.name + ".audiolab-lock")):
+            yield
         return
     if url.startswith("postgresql"):
         import sqlalchemy
