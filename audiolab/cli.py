@@ -119,6 +119,56 @@ def _data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from audiolab.config import register_configs
+    from audiolab.config.resolvers import register_resolvers
+    from audiolab.metrics.clap import ClapCheckpointError
+    from audiolab.runs.evaluation import evaluate_paths, evaluate_run
+    from audiolab.runs.numbering import find_run_dir
+
+    register_configs()
+    register_resolvers()
+    reference = Path(args.reference) if args.reference else None
+    candidates = Path(args.candidates) if args.candidates else None
+    if args.run is not None and "=" in args.run:  # no run given: the first override landed in `run`
+        args.overrides, args.run = [args.run, *args.overrides], None
+    try:
+        if args.run is not None:
+            run_dir = find_run_dir(args.run, Path(args.outputs))
+            results = evaluate_run(run_dir, args.overrides, reference, candidates, args.checkpoint)
+            what = f"{run_dir.name} ({args.checkpoint}.pt)"
+        elif reference is not None and candidates is not None:
+            results = evaluate_paths(reference, candidates, args.overrides, Path(args.config_dir))
+            what = f"{candidates} against {reference}"
+        else:
+            print("audiolab evaluate: give a run (outputNN), or both --reference DIR and --candidates DIR",
+                  file=sys.stderr)
+            return 2
+    except (ConfigError, ClapCheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"audiolab evaluate: {err}", file=sys.stderr)
+        return 2
+    if results is None:
+        return 1  # the embedder could not be built (the reason is logged)
+    print(f"{what}:")
+    for name, value in results.items():
+        print(f"  {name:<32} {value:.6g}")
+    return 0
+
+
+def _add_evaluate(commands: Any) -> None:
+    evaluate = commands.add_parser("evaluate", help="FAD, KID and diversity on embeddings for a run, or two folders")
+    evaluate.add_argument("run", nargs="?", default=None, help="outputNN, NN or a run directory (optional)")
+    evaluate.add_argument("overrides", nargs="*", help="metrics.* overrides, e.g. metrics.embedder=logmel")
+    evaluate.add_argument("--reference", help="a folder of reference audio (default: the run's validation targets)")
+    evaluate.add_argument("--candidates", help="a folder of audio to judge (default: the run's outputs)")
+    evaluate.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                          help="which weights (default: best)")
+    evaluate.add_argument("--outputs", default="outputs", help="where numbered runs live (default: outputs)")
+    evaluate.add_argument("--config-dir", default=str(Path(__file__).resolve().parents[1] / "conf"),
+                          help="Hydra config directory for folder-only evaluation (default: the repository's conf/)")
+    evaluate.set_defaults(func=_evaluate)
+
+
 def _add_data(commands: Any) -> None:
     data = commands.add_parser("data", help="prepare a folder dataset's cache ahead of training")
     actions = data.add_subparsers(dest="data_command", required=True, metavar="{prepare}")
@@ -163,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_reproduce)
     _add_sweep(commands)
     _add_data(commands)
+    _add_evaluate(commands)
     return parser
 
 

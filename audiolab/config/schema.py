@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -95,6 +96,49 @@ class RestoreTaskConfig:
     lowpass_bank: int | None = 10  # discrete target cutoffs; null: each k's exact cutoff
 
 
+EVAL_METRICS = ("fad", "kid", "diversity", "fad_inf")
+
+
+@dataclass
+class ClapConfig:
+    """Where the LAION CLAP checkpoint is, and how far to trust it."""
+
+    checkpoint: str | None = None
+    trust_checkpoint: bool = False
+    hop_seconds: float = 10.0
+    audio_model: str = "HTSAT-base"  # laion-clap model config of the checkpoint's audio tower
+
+
+@dataclass
+class LogMelConfig:
+    """The weight-free log-mel statistics embedder."""
+
+    sample_rate: int = 44100
+    n_fft: int = 2048
+    hop_length: int = 512
+    n_mels: int = 64
+
+
+@dataclass
+class KidConfig:
+    """Subsets for the kernel inception distance."""
+
+    n_subsets: int = 100
+    subset_size: int = 1000
+
+
+@dataclass
+class MetricsConfig:
+    """Embedding-based quality metrics (FAD, KID, diversity) at the end of a run and in `audiolab evaluate`."""
+
+    eval: list[str] = field(default_factory=list)
+    embedder: str = "clap"  # clap | logmel
+    batch_size: int = 8
+    clap: ClapConfig = field(default_factory=ClapConfig)
+    logmel: LogMelConfig = field(default_factory=LogMelConfig)
+    kid: KidConfig = field(default_factory=KidConfig)
+
+
 def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
@@ -102,6 +146,7 @@ def register_configs() -> None:
     cs.store(group="schema/data", name="synth", node=SynthDataConfig)
     cs.store(group="schema/data", name="folder", node=FolderDataConfig)
     cs.store(group="schema/task", name="restore", node=RestoreTaskConfig)
+    cs.store(group="schema/metrics", name="default", node=MetricsConfig)
 
 
 _SCHEMAS_BY_TARGET: dict[str, type] = {
@@ -183,6 +228,9 @@ def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
         raise ConfigError(f"model.channels[0]={model_channels[0]} does not match data.channels={data_channels}: "
                           "the model's input must have the dataset's channel count")
 
+    if "metrics" in cfg:
+        validate_metrics(cfg.metrics)
+
     task = cfg.task
     if "semitones" in task:
         semis = list(task.semitones)
@@ -216,3 +264,19 @@ def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
         _need(w is not None and float(w) >= 0, f"loss.terms.{name}.weight", w, ">= 0")
     _need(any(float(t.weight) > 0 for t in cfg.loss.terms.values()), "loss.terms", "all weights 0",
           "at least one term with weight > 0")
+
+
+def validate_metrics(node: Any) -> None:
+    """Check the metrics section (typed by MetricsConfig); raise ConfigError naming the key."""
+    metrics = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MetricsConfig), node))
+    unknown = [m for m in metrics.eval if m not in EVAL_METRICS]
+    _need(not unknown, "metrics.eval", metrics.eval, f"a list of {', '.join(EVAL_METRICS)}")
+    _need(metrics.embedder in ("clap", "logmel"), "metrics.embedder", metrics.embedder, "clap or logmel")
+    _need(metrics.batch_size >= 1, "metrics.batch_size", metrics.batch_size, ">= 1")
+    _need(metrics.clap.hop_seconds > 0, "metrics.clap.hop_seconds", metrics.clap.hop_seconds, "> 0")
+    _need(metrics.kid.n_subsets >= 1, "metrics.kid.n_subsets", metrics.kid.n_subsets, ">= 1")
+    _need(metrics.kid.subset_size >= 2, "metrics.kid.subset_size", metrics.kid.subset_size, ">= 2")
+    checkpoint = metrics.clap.checkpoint
+    if metrics.eval and metrics.embedder == "clap" and checkpoint and not Path(checkpoint).is_file():
+        # Set but wrong is a mistake to catch before training; unset only skips the metrics (see evaluate).
+        raise ConfigError(f"metrics.clap.checkpoint={checkpoint!r}: no such file")

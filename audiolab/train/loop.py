@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from audiolab.data.clips import AudioData, fixed_crops, train_loader
 from audiolab.data.folder import DataError
 from audiolab.losses.composite import build_loss
+from audiolab.metrics.evaluate import EmbeddingCache, evaluate_validation, validation_key
 from audiolab.metrics.spectral import SpecDistance
 from audiolab.optim.build import build_optimizer, build_scheduler, load_optimizer_state
 from audiolab.runs.loggers import NullLogger
@@ -239,6 +241,7 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
                           pin_memory=device.type == "cuda", backend=data.loader)
     batches = iter(loader)
     last_val: dict[str, float] = {}
+    outputs_val: torch.Tensor | None = None
     model.train()
     bar = tqdm(total=max_steps, initial=step, desc=run_dir.name, dynamic_ncols=True, leave=False,
                disable=None if trainer.progress else True)
@@ -330,6 +333,27 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
     if hasattr(batches, "close"):  # the threaded loader's generator: stop its threads now
         batches.close()
     status = "interrupted" if received else "pruned" if pruned else "completed"
+
+    # --- evaluate on embeddings (FAD, KID, diversity) ----------------------------------------------
+    if status == "completed" and cfg.get("metrics") and cfg.metrics.eval:
+        if outputs_val is None:  # resumed at max_steps: nothing was validated in this call
+            last_val, outputs_val = validator.run(ema.module if ema is not None else model, amp)
+        cache = EmbeddingCache(Path(cfg.paths.cache) / "embeddings")
+        key = validation_key(data.info, data.segment, len(validator.targets), OmegaConf.to_container(cfg.task))
+        try:
+            embedding_metrics = evaluate_validation(cfg.metrics, validator.targets, outputs_val, data.sample_rate,
+                                                    device, cache, key)
+        except Exception as err:  # noqa: BLE001 - training is done and saved; a broken embedder must not undo that
+            log.error("metrics: embedding metrics failed, the run stands: %s: %s", type(err).__name__, err)
+            record.update(eval_error=f"{type(err).__name__}: {err}")
+            embedding_metrics = None
+        if embedding_metrics:
+            record.log_metrics(step, embedding_metrics)
+            record.update(eval=embedding_metrics)
+            tracker.log(embedding_metrics, step)
+            tracker.summary(embedding_metrics)
+            last_val = {**last_val, **embedding_metrics}
+            log.info("step %d: %s", step, ", ".join(f"{k} {v:.5g}" for k, v in embedding_metrics.items()))
     return TrainResult(status=status, step=step, best_value=best_value, best_step=best_step, last_val=last_val,
                        signal=received[0] if received else None, steps_run=steps_run, train_seconds=train_seconds,
                        validate_seconds=validate_seconds)
