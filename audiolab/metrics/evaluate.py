@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
-from audiolab.metrics.distribution import fad, fad_infinity, kid, mean_pairwise_cosine_distance
 from audiolab.metrics.embedders import ClapEmbedder, Embedder, LogMelEmbedder
 
 log = logging.getLogger(__name__)
@@ -48,6 +47,9 @@ def build_embedder(metrics: Any, device: torch.device | str = "cpu") -> Embedder
 def compute_metrics(names: Sequence[str], reference: np.ndarray, candidates: np.ndarray, embedder: str,
                     kid_subsets: int = 100, kid_subset_size: int = 1000) -> dict[str, float]:
     """The requested metrics between two embedding sets, keyed `eval/<embedder>/<name>`."""
+    # Here, not at the top: scipy.linalg costs 0.26 s of start-up in every run, and few runs evaluate.
+    from audiolab.metrics.distribution import fad, fad_infinity, kid, mean_pairwise_cosine_distance
+
     out: dict[str, float] = {}
     if "fad" in names:
         out["fad"] = fad(reference, candidates)
