@@ -417,9 +417,9 @@ def build_folder_data(path: str, sample_rate: int, segment: int, batch_size: int
     for line in format_summary(prepared, split, segment, max_skips=_SHOWN_SKIPS).splitlines():
         log.info("data: %s", line)
     cache = prepared.cache
-    return AudioData(train=cache.select(split.train), val=cache.select(split.val), segment=segment,
-                     batch_size=batch_size, num_workers=num_workers, val_max_crops=val_max_crops, loader=loader,
+    train, val = cache.select(split.train), cache.select(split.val)
+    return AudioData(train=train, val=val, segment=segment, batch_size=batch_size, num_workers=num_workers,
+                     val_max_crops=val_max_crops, loader=loader,
                      info={"source": where, "cache": str(cache.directory), "train_files": len(split.train),
                            "val_files": len(split.val), "skipped": len(cache.index["skipped"]) + len(split.too_short),
-                           "train_seconds": round(cache.select(split.train).seconds, 3),
-                           "val_seconds": round(cache.select(split.val).seconds, 3)})
+                           "train_seconds": round(train.seconds, 3), "val_seconds": round(val.seconds, 3)})

@@ -46,7 +46,7 @@ def _model_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     return checkpoint["model"]
 
 
-def run_outputs(cfg: DictConfig, checkpoint_path: Path, device: torch.device) -> tuple[Any, torch.Tensor, Any]:
+def run_outputs(cfg: DictConfig, checkpoint: dict[str, Any], device: torch.device) -> tuple[Any, torch.Tensor, Any]:
     """Rebuild the run's validation set and model, and return (validator, outputs, data) for the checkpoint."""
     from audiolab.train.loop import Validator, build_data
 
@@ -54,7 +54,7 @@ def run_outputs(cfg: DictConfig, checkpoint_path: Path, device: torch.device) ->
     task = instantiate(cfg.task, sample_rate=data.sample_rate)
     validator = Validator(data, task, device, n_samples=0)
     model = instantiate(cfg.model).to(device)
-    model.load_state_dict(_model_weights(load_checkpoint(checkpoint_path, map_location="cpu")))
+    model.load_state_dict(_model_weights(checkpoint))
     _, outputs = validator.run(model, autocast_dtype(device, cfg.trainer.precision))
     return validator, outputs, data
 
@@ -76,10 +76,11 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None, reference: P
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no checkpoints/{checkpoint}.pt to evaluate")
-    step = int(load_checkpoint(path, map_location="cpu")["step"])
+    saved = load_checkpoint(path, map_location="cpu")
+    step = int(saved["step"])
     batch = int(metrics.batch_size)
     if reference is None or candidates is None:
-        validator, outputs, data = run_outputs(cfg, path, device)
+        validator, outputs, data = run_outputs(cfg, saved, device)
         key = validation_key(data.info, data.segment, len(validator.targets), OmegaConf.to_container(cfg.task))
     if reference is not None:
         ref, _ = embed_folder(embedder, reference, cache)
