@@ -21,7 +21,10 @@ def _options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_option_composes_and_validates(group: str, option: str, tmp_path) -> None:
-    cfg = compose_config([f"{group}={option}"] + ([f"data.path={tmp_path}"] if option == "folder" else []))
+    extra = [f"data.path={tmp_path}"] if option == "folder" else []
+    if group == "discriminator" and option != "none":
+        extra.append("loss=rave")  # a discriminator needs the adversarial terms
+    cfg = compose_config([f"{group}={option}", *extra])
     validate_config(cfg, model_hop(cfg))
     assert cfg.trainer.max_steps >= 1
 
@@ -57,6 +60,9 @@ def test_schema_rejects_unknown_keys_and_wrong_types(override: str, key: str) ->
     ("trainer.precision=fp8", "trainer.precision"),
     ("loss.terms.mrstft.weight=-1", "loss.terms.mrstft.weight"),
     ("task.semitones=[0]", "task.semitones"),
+    ("trainer.d_every=1", "trainer.d_every"),
+    ("trainer.beta_start=0", "trainer.beta_start"),
+    ("trainer.phase1_steps=-1", "trainer.phase1_steps"),
 ])
 def test_range_errors_name_the_key(override: str, key: str) -> None:
     cfg = compose_config([override])

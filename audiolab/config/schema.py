@@ -17,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiolab.metrics.spectral import SPEC_FFT_SIZES
 
+GAN_TERMS = "audiolab.losses.adversarial."  # loss terms that need a discriminator
+
 
 class ConfigError(ValueError):
     """A config value outside its allowed range; the message names the key."""
@@ -37,6 +39,13 @@ class TrainerConfig:
     progress: bool = True
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     ema_decay: float | None = None  # EMA of the weights for validation and best.pt; None turns it off
+    # Two-phase (RAVE-style) training; phase 2 needs `discriminator=`.
+    phase1_steps: int | None = None  # phase 2 starts here; None: half of max_steps
+    beta_warmup_steps: int = 20000  # KL weight warm-up (log space), RAVE v2's length
+    beta_start: float = 1e-6
+    beta_end: float = 5e-2
+    d_every: int = 4  # phase 2: the discriminator takes 1 step in d_every, the generator the others
+    d_concat: bool = True  # one discriminator pass on cat(real, fake) instead of two
 
 
 @dataclass
@@ -96,6 +105,14 @@ class RestoreTaskConfig:
     lowpass_bank: int | None = 10  # discrete target cutoffs; null: each k's exact cutoff
 
 
+@dataclass
+class AutoencodeTaskConfig:
+    """Reconstruct the input (VAEs)."""
+
+    _target_: str = "audiolab.tasks.autoencode.Autoencode"
+    active_threshold: float = 0.01
+
+
 EVAL_METRICS = ("fad", "kid", "diversity", "fad_inf")
 
 
@@ -146,6 +163,7 @@ def register_configs() -> None:
     cs.store(group="schema/data", name="synth", node=SynthDataConfig)
     cs.store(group="schema/data", name="folder", node=FolderDataConfig)
     cs.store(group="schema/task", name="restore", node=RestoreTaskConfig)
+    cs.store(group="schema/task", name="autoencode", node=AutoencodeTaskConfig)
     cs.store(group="schema/metrics", name="default", node=MetricsConfig)
 
 
@@ -153,6 +171,7 @@ _SCHEMAS_BY_TARGET: dict[str, type] = {
     SynthDataConfig._target_: SynthDataConfig,
     FolderDataConfig._target_: FolderDataConfig,
     RestoreTaskConfig._target_: RestoreTaskConfig,
+    AutoencodeTaskConfig._target_: AutoencodeTaskConfig,
 }
 
 
@@ -187,6 +206,14 @@ def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
     _need(trainer.threads >= 0, "trainer.threads", trainer.threads, ">= 0")
     _need(trainer.ema_decay is None or 0.0 < trainer.ema_decay < 1.0, "trainer.ema_decay", trainer.ema_decay,
           "(0, 1), or null for no EMA")
+    _need(trainer.phase1_steps is None or trainer.phase1_steps >= 0, "trainer.phase1_steps", trainer.phase1_steps,
+          ">= 0, or null for half of trainer.max_steps")
+    _need(trainer.beta_warmup_steps >= 0, "trainer.beta_warmup_steps", trainer.beta_warmup_steps, ">= 0")
+    for key in ("beta_start", "beta_end"):
+        value = getattr(trainer, key)
+        _need(math.isfinite(value) and value > 0, f"trainer.{key}", value, "> 0 (the warm-up is in log space)")
+    _need(trainer.d_every >= 2, "trainer.d_every", trainer.d_every,
+          ">= 2 (1 discriminator step in d_every; the generator needs the others)")
     _need(trainer.precision in ("auto", "bf16", "fp32"), "trainer.precision", trainer.precision,
           "one of auto, bf16, fp32")
     _need(trainer.device == "auto" or trainer.device == "cpu" or trainer.device.startswith("cuda"),
@@ -224,9 +251,12 @@ def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
         _need(bool(data.extensions), "data.extensions", data.extensions, "a non-empty list")
     model_channels = cfg.model.get("channels")
     data_channels = data.get("channels", 1) if isinstance(data, DictConfig) else getattr(data, "channels", 1)
-    if model_channels and int(model_channels[0]) != int(data_channels):
-        raise ConfigError(f"model.channels[0]={model_channels[0]} does not match data.channels={data_channels}: "
-                          "the model's input must have the dataset's channel count")
+    if model_channels is not None:
+        key, audio = ("model.channels", model_channels) if isinstance(model_channels, int) else (
+            "model.channels[0]", model_channels[0])
+        if int(audio) != int(data_channels):
+            raise ConfigError(f"{key}={audio} does not match data.channels={data_channels}: "
+                              "the model's input must have the dataset's channel count")
 
     if "metrics" in cfg:
         validate_metrics(cfg.metrics)
@@ -262,8 +292,14 @@ def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
     for name, term in cfg.loss.terms.items():
         w = term.get("weight")
         _need(w is not None and float(w) >= 0, f"loss.terms.{name}.weight", w, ">= 0")
-    _need(any(float(t.weight) > 0 for t in cfg.loss.terms.values()), "loss.terms", "all weights 0",
-          "at least one term with weight > 0")
+    reconstruction = [t for t in cfg.loss.terms.values() if not str(t.get("_target_", "")).startswith(GAN_TERMS)]
+    _need(any(float(t.weight) > 0 for t in reconstruction), "loss.terms", "all reconstruction weights 0",
+          "at least one reconstruction term with weight > 0")
+    if bool(cfg.get("discriminator")):
+        adversarial = [n for n, t in cfg.loss.terms.items() if str(t.get("_target_", "")).endswith(".AdversarialLoss")]
+        if not adversarial or not any(float(cfg.loss.terms[n].weight) > 0 for n in adversarial):
+            raise ConfigError("discriminator is set but loss.terms has no adversarial term with weight > 0: use "
+                              "loss=rave or loss=dac_gan, or discriminator=none for no phase 2")
 
 
 def validate_metrics(node: Any) -> None:

@@ -7,6 +7,8 @@ Config shape (`conf/loss/*.yaml`):
       l1:     {_target_: torch.nn.L1Loss, weight: 0.1}
 
 Every weight is its own key, so any of them can be swept (`loss.terms.mrstft.weight=2`).
+Terms that judge audio through a discriminator (`audiolab.losses.adversarial`) go to `gan_terms`:
+they only count in phase 2, when `discriminator=` is set (see audiolab/train/adversarial.py).
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from audiolab.losses.adversarial import GanTerm
+
 
 class WeightedLoss(torch.nn.Module):
     """Sum of weight * term(output, target); terms are computed in fp32 (STFTs are not bf16-safe)."""
 
-    def __init__(self, terms: dict[str, torch.nn.Module], weights: dict[str, float]) -> None:
+    def __init__(self, terms: dict[str, torch.nn.Module], weights: dict[str, float],
+                 gan_terms: dict[str, GanTerm] | None = None) -> None:
         super().__init__()
         self.terms = torch.nn.ModuleDict(terms)
+        self.gan_terms = torch.nn.ModuleDict(gan_terms or {})
         self.weights = dict(weights)
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -40,9 +46,10 @@ class WeightedLoss(torch.nn.Module):
 
 def build_loss(cfg: DictConfig) -> WeightedLoss:
     """Instantiate every term of `cfg.terms` and pair it with its weight."""
-    terms, weights = {}, {}
+    terms, gan_terms, weights = {}, {}, {}
     for name, spec in cfg.terms.items():
         spec = OmegaConf.to_container(spec, resolve=True)
         weights[name] = float(spec.pop("weight"))
-        terms[name] = instantiate(spec)
-    return WeightedLoss(terms, weights)
+        term = instantiate(spec)
+        (gan_terms if isinstance(term, GanTerm) else terms)[name] = term
+    return WeightedLoss(terms, weights, gan_terms)

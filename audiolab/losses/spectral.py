@@ -139,14 +139,22 @@ class RaveSpectralLoss(nn.Module):
     so small that the log term is in effect unfloored: it weighs differences in near-silent bins as much
     as in loud ones.
     Identical inputs give exactly 0; an all-silent target batch makes the relative term ||X|| / 1e-12.
+
+    `squared=True` gives RAVE v2's `AudioDistanceV1` (rave/core.py): the relative term becomes
+    mean((X-Y)^2) / mean(Y^2), the square of v1's ratio. `skip_long_scales=True` drops the scales whose
+    half-window does not fit in the signal (reflect padding needs T > n_fft / 2) instead of failing;
+    the multiband distance needs it on short training crops, whose bands are M times shorter.
     """
 
-    def __init__(self, scales: Sequence[int] = (2048, 1024, 512, 256, 128), log_eps: float = 1e-7) -> None:
+    def __init__(self, scales: Sequence[int] = (2048, 1024, 512, 256, 128), log_eps: float = 1e-7,
+                 squared: bool = False, skip_long_scales: bool = False) -> None:
         super().__init__()
         self.scales = [int(s) for s in scales]
         if not self.scales:
             raise ValueError("scales must not be empty")
         self.log_eps = float(log_eps)
+        self.squared = squared
+        self.skip_long_scales = skip_long_scales
         for i, s in enumerate(self.scales):
             self.register_buffer(f"window_{i}", torch.hann_window(s, periodic=True), persistent=False)
 
@@ -154,15 +162,47 @@ class RaveSpectralLoss(nn.Module):
         """Summed multiscale spectral distance between (B, C, T) output and target."""
         _check_pair(output, target)
         output, target = output.reshape(-1, output.shape[-1]), target.reshape(-1, target.shape[-1])
+        length = output.shape[-1]
+        used = [i for i, s in enumerate(self.scales) if s // 2 < length or not self.skip_long_scales]
+        if not used:
+            raise ValueError(f"no STFT scale of {self.scales} fits a signal of {length} samples "
+                             "(each needs more than scale / 2): use longer crops or smaller scales")
         loss = output.new_zeros(())
-        for i in range(len(self.scales)):
+        for i in used:
             window = getattr(self, f"window_{i}")
             x, y = _stft_magnitude(output, window), _stft_magnitude(target, window)
             relative = torch.linalg.vector_norm(x - y) / torch.linalg.vector_norm(y).clamp_min(_NORM_EPS)
+            if self.squared:
+                relative = relative.pow(2)
             log_l1 = (torch.log(x + self.log_eps) - torch.log(y + self.log_eps)).abs().mean()
             loss = loss + relative + log_l1
         return loss
 
     def extra_repr(self) -> str:
         """Scales and log floor, for printing the module."""
-        return f"scales={self.scales}, log_eps={self.log_eps}"
+        return (f"scales={self.scales}, log_eps={self.log_eps}, squared={self.squared}, "
+                f"skip_long_scales={self.skip_long_scales}")
+
+
+class MultibandSpectralLoss(nn.Module):
+    """RAVE's multiband distance: the spectral distance between the PQMF sub-bands of output and target.
+
+    RAVE compares the decoder's band signals with the analysed input; here both sides are analysed by a
+    PQMF bank of the same design (`n_bands`, `attenuation`: identical filters to the model's), so the term
+    works for any model. For the PQMF VAE the difference is that the output's bands are re-analysed after
+    synthesis, i.e. projected onto what the bank can reproduce. Scales too long for the bands are skipped.
+    """
+
+    def __init__(self, n_bands: int = 16, attenuation: float = 100.0,
+                 scales: Sequence[int] = (2048, 1024, 512, 256, 128), log_eps: float = 1e-7,
+                 squared: bool = True) -> None:
+        super().__init__()
+        from audiolab.models.pqmf import PQMF
+
+        self.pqmf = PQMF(n_bands, attenuation)
+        self.distance = RaveSpectralLoss(scales, log_eps, squared=squared, skip_long_scales=True)
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Spectral distance between the band signals of (B, C, T) output and target."""
+        _check_pair(output, target)
+        return self.distance(self.pqmf.analysis(output), self.pqmf.analysis(target))

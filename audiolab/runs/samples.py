@@ -20,13 +20,15 @@ def log_spectrogram_db(audio: np.ndarray, n_fft: int = 2048) -> np.ndarray:
     return (20 * torch.log10(spec.clamp_min(1e-5))).numpy()
 
 
-def write_samples(directory: Path, step: int, clips: dict[str, list[np.ndarray]], sample_rate: int) -> tuple[
-        dict[str, Path], Path]:
+def write_samples(directory: Path, step: int, clips: dict[str, list[np.ndarray]], sample_rate: int,
+                  notes: dict[str, list[str]] | None = None) -> tuple[dict[str, Path], Path]:
     """Write WAVs for each role (input/output/target) of each clip and one PNG comparing spectrograms.
 
-    `clips` maps a role name to one (channels, T) array per clip. Returns the WAV paths by
-    `clip{i}/{role}` and the PNG path.
+    `clips` maps a role name to one (channels, T) array per clip; `notes` optionally adds a text per
+    role and clip to the panel titles (the discriminator's verdict in phase 2). Returns the WAV paths
+    by `clip{i}/{role}` and the PNG path.
     """
+    notes = notes or {}
     directory.mkdir(parents=True, exist_ok=True)
     roles = list(clips)
     n_clips = len(clips[roles[0]])
@@ -43,7 +45,8 @@ def write_samples(directory: Path, step: int, clips: dict[str, list[np.ndarray]]
             seconds = audio.shape[-1] / sample_rate
             axes[i][j].imshow(db, origin="lower", aspect="auto", vmin=-100, vmax=db.max(), cmap="magma",
                               extent=(0, seconds, 0, sample_rate / 2000))
-            axes[i][j].set_title(f"clip {i}: {role}", fontsize=9)
+            note = f" ({notes[role][i]})" if role in notes else ""
+            axes[i][j].set_title(f"clip {i}: {role}{note}", fontsize=9)
             if j == 0:
                 axes[i][j].set_ylabel("kHz")
         axes[i][-1].set_xlabel("s")

@@ -35,6 +35,8 @@ from audiolab.optim.build import build_optimizer, build_scheduler, load_optimize
 from audiolab.runs.loggers import NullLogger
 from audiolab.runs.record import RunRecord
 from audiolab.runs.samples import write_samples
+from audiolab.tasks.autoencode import active_dimensions
+from audiolab.train.adversarial import AdversarialStage, beta_at, phase2_start
 from audiolab.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from audiolab.train.device import autocast_dtype, pick_device
 
@@ -94,6 +96,13 @@ def stop_on_signals() -> Iterator[list[int]]:
             signal.signal(s, h)
 
 
+def forward_with_stats(model: torch.nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The model's output, plus its latent statistics ('kl', 'latent') when it is a VAE."""
+    if hasattr(model, "forward_with_stats"):
+        return model.forward_with_stats(inputs)
+    return model(inputs), {}
+
+
 class Validator:
     """Fixed validation crops, their degraded inputs and targets, and the fixed `val/spec_loss`."""
 
@@ -112,6 +121,9 @@ class Validator:
         # Sample clips spread over the validation set, the same in every run.
         self.sample_index = np.linspace(0, len(crops) - 1, n_samples).round().astype(int).tolist() if n_samples else []
         self.baseline = self.mean_distance(self.inputs) if task.has_input_baseline else None
+        # Without a do-nothing baseline (autoencoding), silence is the fixed reference instead.
+        self.silence = None if task.has_input_baseline else self.mean_distance(torch.zeros_like(self.targets))
+        self.active_threshold = float(getattr(task, "active_threshold", 0.01))
 
     def mean_distance(self, outputs: torch.Tensor) -> float:
         """Crop-weighted mean of the fixed spectral distance between outputs and targets."""
@@ -127,10 +139,15 @@ class Validator:
         was_training = model.training
         model.eval()
         try:
-            outputs = []
+            outputs, kls, latents = [], [], []
             for i in range(0, len(self.inputs), self.batch_size):
+                batch = self.inputs[i:i + self.batch_size]
                 with torch.autocast(self.inputs.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    outputs.append(model(self.inputs[i:i + self.batch_size]).float())
+                    out, stats = forward_with_stats(model, batch)
+                outputs.append(out.float())
+                if "kl" in stats:
+                    kls.append(float(stats["kl"]) * len(batch))
+                    latents.append(stats["latent"].float())
             outputs = torch.cat(outputs)
         finally:
             model.train(was_training)
@@ -138,6 +155,11 @@ class Validator:
         if self.baseline is not None:
             metrics["val/spec_loss_input"] = self.baseline
             metrics["val/improvement"] = 1.0 - metrics["val/spec_loss"] / self.baseline
+        if self.silence is not None:
+            metrics["val/spec_loss_silence"] = self.silence
+        if kls:
+            metrics["val/kl"] = sum(kls) / len(outputs)
+            metrics["val/active_dims"] = float(active_dimensions(torch.cat(latents), self.active_threshold))
         return metrics, outputs
 
     def sample_clips(self, outputs: torch.Tensor) -> dict[str, list[np.ndarray]]:
@@ -148,10 +170,14 @@ class Validator:
 
 def _checkpoint_payload(model: torch.nn.Module, ema: AveragedModel | None, optimizer: torch.optim.Optimizer,
                         scheduler: Any, step: int, best_value: float, best_step: int | None,
-                        cfg: DictConfig) -> dict[str, Any]:
+                        cfg: DictConfig, stage: AdversarialStage | None, latest: dict[str, float]) -> dict[str, Any]:
     return {
         "format": 1,
         "step": step,
+        "phase": 2 if stage is not None else 1,
+        # Phase 2's discriminator and its optimizer (None in phase 1).
+        "adversarial": stage.state_dict() if stage is not None else None,
+        "latest_train": dict(latest),  # the last value of each train/ figure, so a resumed run logs the same
         "model": model.state_dict(),
         # With EMA on, validation scores these weights (keys prefixed `module.`): use them for inference.
         "ema": ema.state_dict() if ema is not None else None,
@@ -203,16 +229,35 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(ema_decay)), use_buffers=True)
            if ema_decay else None)
     validator = Validator(data, task, device, int(trainer.sample_clips))
+    phase2_at = phase2_start(trainer, bool(cfg.get("discriminator")))
+    stage: AdversarialStage | None = None
+    d_every, beta_warmup = int(trainer.d_every), int(trainer.beta_warmup_steps)
+    beta_start, beta_end = float(trainer.beta_start), float(trainer.beta_end)
     grad_clip = float(cfg.optim.grad_clip) if cfg.optim.get("grad_clip") else math.inf
     log.info("model %s: %s parameters (%.2f M) on %s%s", cfg.model._target_.rsplit(".", 1)[-1],
              f"{n_params:,}", n_params / 1e6, device, f", {amp} autocast" if amp else "")
     if augment:
         log.info("augmentations: %s", augment.describe())
     record.update(parameters=n_params, device=str(device), precision="bf16" if amp == torch.bfloat16 else "fp32",
-                  data=data.info)
+                  data=data.info, phase2_start=phase2_at)
+    if phase2_at is not None:
+        log.info("two-phase training: phase 2 (encoder frozen, %s discriminator) from step %d",
+                 str(cfg.discriminator.model._target_).rsplit(".", 1)[-1], phase2_at)
+        if phase2_at >= int(trainer.max_steps):
+            log.warning("trainer.phase1_steps=%d >= trainer.max_steps=%d: phase 2 never starts", phase2_at,
+                        int(trainer.max_steps))
+
+    def enter_phase2() -> AdversarialStage:
+        if hasattr(model, "freeze_encoder"):
+            model.freeze_encoder()
+        built = AdversarialStage(cfg.discriminator, loss_fn, device, bool(trainer.d_concat))
+        log.info("step %d: phase 2: discriminator with %s parameters, updated every %d steps%s", step,
+                 f"{built.n_parameters:,}", d_every, "; encoder frozen" if hasattr(model, "freeze_encoder") else "")
+        return built
 
     # --- restore -------------------------------------------------------------------------------
     step, best_value, best_step = 0, math.inf, None
+    latest: dict[str, float] = {}  # the last value of every train/ figure
     if resume:
         # Loaded on CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
         ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location="cpu")
@@ -222,6 +267,10 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
         step, best_value, best_step = ckpt["step"], ckpt["best"]["value"], ckpt["best"]["step"]
+        if ckpt.get("adversarial") is not None:
+            stage = enter_phase2()
+            stage.load_state_dict(ckpt["adversarial"])
+        latest.update(ckpt.get("latest_train") or {})
         restore_rng(ckpt["rng"])
         record.truncate_metrics_after(step)
         log.info("resumed from step %d (best val/spec_loss %.5f at step %s)", step, best_value, best_step)
@@ -230,7 +279,8 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
 
     def checkpoint(name: str) -> None:
         save_checkpoint(run_dir / "checkpoints" / name,
-                        _checkpoint_payload(model, ema, optimizer, scheduler, step, best_value, best_step, cfg))
+                        _checkpoint_payload(model, ema, optimizer, scheduler, step, best_value, best_step, cfg, stage,
+                                            latest))
 
     # --- train ---------------------------------------------------------------------------------
     max_steps = int(trainer.max_steps)
@@ -257,19 +307,42 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
                 clean = augment(clean, np.random.default_rng([seed, draw_step, 2]), data.segment)
             task_rng = np.random.default_rng([seed, draw_step, 1])
             inputs, targets = task.training_pair(clean, task_rng)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                outputs = model(inputs)
-            loss, terms = loss_fn(outputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            loss_value, grad_value = float(loss.detach()), float(grad_norm)  # one sync per step
-            if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {step + 1}: loss={loss_value}, grad_norm={grad_value}, terms="
-                    + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-                    + " (stopped without checkpointing; try a lower optim.lr or tighter optim.grad_clip)")
-            optimizer.step()
+            if phase2_at is not None and step >= phase2_at and stage is None:
+                stage = enter_phase2()
+            if stage is not None and (step - phase2_at) % d_every == 0:
+                # Phase 2, discriminator's turn: the generator only produces audio.
+                with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    outputs = model(inputs)
+                d_values = stage.discriminator_step(targets, outputs, amp)
+                if not all(math.isfinite(v) for v in d_values.values()):
+                    raise NonFiniteLossError(f"non-finite discriminator step at step {step + 1}: {d_values} "
+                                             "(stopped without checkpointing)")
+                stage.optimizer.step()
+                latest.update({f"train/{k}": v for k, v in d_values.items()})
+            else:
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    outputs, stats = forward_with_stats(model, inputs)
+                loss, terms = loss_fn(outputs, targets)
+                if "kl" in stats:
+                    terms["kl"] = stats["kl"]
+                    latest["train/beta"] = beta_at(step, beta_warmup, beta_start, beta_end)
+                    if stats["kl"].requires_grad:  # frozen encoder in phase 2: the KL is a constant
+                        loss = loss + latest["train/beta"] * stats["kl"]
+                if stage is not None:
+                    gan_loss, gan_terms = stage.generator_terms(targets, outputs, amp)
+                    loss, terms = loss + gan_loss, terms | gan_terms
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                loss_value, grad_value = float(loss.detach()), float(grad_norm)  # one sync per step
+                if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {step + 1}: loss={loss_value}, grad_norm={grad_value}, terms="
+                        + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+                        + " (stopped without checkpointing; try a lower optim.lr or tighter optim.grad_clip)")
+                latest.update({"train/loss": loss_value, "train/grad_norm": grad_value,
+                               **{f"train/{k}": float(v.detach()) for k, v in terms.items()}})
+                optimizer.step()
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
@@ -278,13 +351,14 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
             steps_run += 1
             train_seconds += time.perf_counter() - step_start
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+            if "train/loss" in latest:
+                bar.set_postfix(loss=f"{latest['train/loss']:.4f}", refresh=False)
 
             if step % int(trainer.log_every) == 0 or step == max_steps:
                 elapsed = time.perf_counter() - window_start
-                metrics = {"train/loss": loss_value, "train/grad_norm": grad_value,
-                           "train/lr": scheduler.get_last_lr()[0],
-                           **{f"train/{k}": float(v.detach()) for k, v in terms.items()}}
+                # The latest value of every term: in phase 2 a step updates either the generator or the
+                # discriminator, so each logged figure comes from the most recent step that computed it.
+                metrics = {**latest, "train/lr": scheduler.get_last_lr()[0], "train/phase": 2 if stage else 1}
                 audio_seconds = window_steps * data.batch_size * data.segment / data.sample_rate
                 perf = {"perf/steps_per_s": window_steps / elapsed, "perf/audio_s_per_s": audio_seconds / elapsed}
                 record.log_metrics(step, metrics | perf)
@@ -309,7 +383,12 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
                 tracker.log(last_val, step)
                 if validator.sample_index:
                     clips = validator.sample_clips(outputs_val)
-                    _, png = write_samples(run_dir / "samples", step, clips, data.sample_rate)
+                    verdicts = None
+                    if stage is not None:  # the discriminator's mean logit on each real and generated clip
+                        verdicts = {role: [f"D {v:+.2f}" for v in stage.verdict(torch.from_numpy(np.stack(items))
+                                                                                  .to(device))]
+                                    for role, items in clips.items() if role in ("output", "target")}
+                    _, png = write_samples(run_dir / "samples", step, clips, data.sample_rate, verdicts)
                     tracker.log_media(step, {f"samples/clip{i}_{role}": (audio, data.sample_rate)
                                              for role, items in clips.items() for i, audio in enumerate(items)},
                                       {"samples/spectrograms": png})
