@@ -182,8 +182,8 @@ def test_phase_switch_freezes_the_encoder_and_trains_the_discriminator(run_tiny,
     def keep(step: int) -> None:
         snapshots[step] = load_checkpoint(run_dir / "checkpoints" / "last.pt")
 
-    run_tiny(*VAE, *SMALL_RAVE_D, "trainer.phase1_steps=3", "trainer.max_steps=6", "trainer.val_every=1",
-             "trainer.d_every=2", "trainer.sample_clips=0", after_step=keep)
+    run_tiny(*VAE, *SMALL_RAVE_D, "model.capacity=8", "trainer.phase1_steps=3", "trainer.max_steps=6",
+             "trainer.val_every=1", "trainer.d_every=2", "trainer.sample_clips=0", after_step=keep)
     assert [snapshots[s]["phase"] for s in range(1, 7)] == [1, 1, 1, 2, 2, 2]
     assert snapshots[3]["adversarial"] is None and snapshots[4]["adversarial"] is not None
 

@@ -45,7 +45,7 @@ class TrainerConfig:
     beta_start: float = 1e-6
     beta_end: float = 5e-2
     d_every: int = 4  # phase 2: the discriminator takes 1 step in d_every, the generator the others
-    d_concat: bool = True  # one discriminator pass on cat(real, fake) instead of two
+    d_concat: bool = False  # one discriminator pass on cat(real, fake) instead of two (slower on CPU)
 
 
 @dataclass

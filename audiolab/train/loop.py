@@ -38,7 +38,7 @@ from audiolab.runs.samples import write_samples
 from audiolab.tasks.autoencode import active_dimensions
 from audiolab.train.adversarial import AdversarialStage, beta_at, phase2_start
 from audiolab.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from audiolab.train.device import autocast_dtype, pick_device
+from audiolab.train.device import autocast_dtype, peak_memory_gib, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,8 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
                 # discriminator, so each logged figure comes from the most recent step that computed it.
                 metrics = {**latest, "train/lr": scheduler.get_last_lr()[0], "train/phase": 2 if stage else 1}
                 audio_seconds = window_steps * data.batch_size * data.segment / data.sample_rate
-                perf = {"perf/steps_per_s": window_steps / elapsed, "perf/audio_s_per_s": audio_seconds / elapsed}
+                perf = {"perf/steps_per_s": window_steps / elapsed, "perf/audio_s_per_s": audio_seconds / elapsed,
+                        "perf/peak_mem_gib": peak_memory_gib(device)}
                 record.log_metrics(step, metrics | perf)
                 tracker.log(metrics | perf, step)
                 log.debug("step %d %s", step, " ".join(f"{k}={v:.5g}" for k, v in (metrics | perf).items()))
