@@ -221,6 +221,8 @@ def test_debug_fast_small_preset_crosses_into_phase_2_and_finishes(run_tiny) -> 
     log = (run_dir / "train.log").read_text()
     assert "phase 2: discriminator with" in log and "encoder frozen" in log
     assert list((run_dir / "samples").glob("*.png"))
+    # Autoencoding: the input is the target, so only output and target are written.
+    assert {w.name.split("_", 2)[-1] for w in (run_dir / "samples").glob("*.wav")} == {"output.wav", "target.wav"}
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert ckpt["phase"] == 2 and set(ckpt["adversarial"]) == {"model", "optimizer"}
 

@@ -163,9 +163,10 @@ class Validator:
         return metrics, outputs
 
     def sample_clips(self, outputs: torch.Tensor) -> dict[str, list[np.ndarray]]:
-        """input/output/target audio of the fixed sample clips, as numpy arrays."""
+        """input/output/target audio of the fixed sample clips, as numpy arrays (no input when it is the target)."""
+        roles = (("input", self.inputs),) if self.baseline is not None else ()
         return {role: [t[i].detach().cpu().float().numpy() for i in self.sample_index]
-                for role, t in (("input", self.inputs), ("output", outputs), ("target", self.targets))}
+                for role, t in (*roles, ("output", outputs), ("target", self.targets))}
 
 
 def _checkpoint_payload(model: torch.nn.Module, ema: AveragedModel | None, optimizer: torch.optim.Optimizer,
@@ -241,7 +242,7 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
     record.update(parameters=n_params, device=str(device), precision="bf16" if amp == torch.bfloat16 else "fp32",
                   data=data.info, phase2_start=phase2_at)
     if phase2_at is not None:
-        log.info("two-phase training: phase 2 (encoder frozen, %s discriminator) from step %d",
+        log.info("two-phase training: phase 2 (discriminator %s) from step %d",
                  str(cfg.discriminator.model._target_).rsplit(".", 1)[-1], phase2_at)
         if phase2_at >= int(trainer.max_steps):
             log.warning("trainer.phase1_steps=%d >= trainer.max_steps=%d: phase 2 never starts", phase2_at,
@@ -386,7 +387,7 @@ def train(cfg: DictConfig, record: RunRecord, tracker: NullLogger | None = None,
                     clips = validator.sample_clips(outputs_val)
                     verdicts = None
                     if stage is not None:  # the discriminator's mean logit on each real and generated clip
-                        verdicts = {role: [f"D {v:+.2f}" for v in stage.verdict(torch.from_numpy(np.stack(items))
+                        verdicts = {role: [f"D {v:+.3g}" for v in stage.verdict(torch.from_numpy(np.stack(items))
                                                                                   .to(device))]
                                     for role, items in clips.items() if role in ("output", "target")}
                     _, png = write_samples(run_dir / "samples", step, clips, data.sample_rate, verdicts)
