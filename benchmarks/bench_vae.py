@@ -47,7 +47,8 @@ def run_config(preset: str, batch: int, segment: int, phase: int, concat: bool, 
     metrics = [json.loads(line) for line in (outputs / "output01" / "metrics.jsonl").read_text().splitlines()]
     perf = {m["step"]: m for m in metrics if "perf/steps_per_s" in m}
     seconds = {s: 1 / m["perf/steps_per_s"] for s, m in perf.items() if s > 1}  # step 1 is the warm-up
-    result = {"wall_s": time.perf_counter() - started, "peak_mem_gib": max(m["perf/peak_mem_gib"] for m in perf.values())}
+    result = {"wall_s": time.perf_counter() - started,
+              "peak_mem_gib": max(m["perf/peak_mem_gib"] for m in perf.values())}
     if phase == 1:
         result["step_s"] = statistics.mean(seconds.values())
     else:
