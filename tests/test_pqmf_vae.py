@@ -251,3 +251,22 @@ def test_a_discriminator_needs_an_adversarial_term() -> None:
         validate_config(cfg)
     validate_config(compose_config([*VAE, "loss=mrstft", "discriminator=none"]))
     validate_config(compose_config([*VAE, "loss=dac_gan", "discriminator=dac"]))
+
+
+def test_noise_filters_are_zero_phase() -> None:
+    """A flat magnitude response is a centred unit impulse: the noise passes unchanged (times the gain)."""
+    from audiolab.models.pqmf_vae import NoiseSynth
+
+    class Flat(NoiseSynth):
+        def amplitudes(self, hidden: torch.Tensor) -> torch.Tensor:
+            return torch.full((hidden.shape[0], self.out_bands, hidden.shape[-1] // self.frame, self.noise_bands), 0.5)
+
+    synth = Flat(in_channels=4, out_bands=3, hidden=4, ratios=[2, 2], noise_bands=9, activation="leaky_relu",
+                 norm=True)
+    hidden = torch.zeros(2, 4, 32)
+    out = synth(hidden, torch.Generator().manual_seed(0))
+    noise = torch.rand(2, 3, 8, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    torch.testing.assert_close(out, 0.5 * noise.reshape(2, 3, 32), atol=1e-6, rtol=1e-5)
+    # With learned amplitudes: one band-rate noise sample per input frame position.
+    real = NoiseSynth(4, 3, 4, [2, 2], 9, "leaky_relu", True)(torch.randn(2, 4, 32))
+    assert real.shape == (2, 3, 32) and torch.isfinite(real).all()

@@ -175,7 +175,8 @@ class NoiseSynth(nn.Module):
         self.out_bands = out_bands
         self.noise_bands = noise_bands
         self.frame = math.prod(int(r) for r in ratios)
-        self.register_buffer("window", torch.hann_window(2 * (noise_bands - 1), periodic=False), persistent=False)
+        # Periodic: symmetric about index taps // 2, where the rolled impulse response is centred.
+        self.register_buffer("window", torch.hann_window(2 * (noise_bands - 1), periodic=True), persistent=False)
 
     def amplitudes(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, H, T') -> (B, bands, frames, noise_bands) filter magnitudes."""
