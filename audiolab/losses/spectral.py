@@ -197,7 +197,7 @@ class MultibandSpectralLoss(nn.Module):
                  scales: Sequence[int] = (2048, 1024, 512, 256, 128), log_eps: float = 1e-7,
                  squared: bool = True) -> None:
         super().__init__()
-        from audiolab.models.pqmf import PQMF
+        from audiolab.models.pqmf import PQMF  # imports scipy.optimize: paid only by runs with this term
 
         self.pqmf = PQMF(n_bands, attenuation)
         self.distance = RaveSpectralLoss(scales, log_eps, squared=squared, skip_long_scales=True)
