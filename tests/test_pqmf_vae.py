@@ -270,3 +270,21 @@ def test_noise_filters_are_zero_phase() -> None:
     # With learned amplitudes: one band-rate noise sample per input frame position.
     real = NoiseSynth(4, 3, 4, [2, 2], 9, "leaky_relu", True)(torch.randn(2, 4, 32))
     assert real.shape == (2, 3, 32) and torch.isfinite(real).all()
+
+
+@pytest.mark.parametrize("optim", ["muon", "psgd"])
+def test_heavyball_optimizers_keep_the_frozen_encoder_bitwise(run_tiny, outputs: Path, optim: str) -> None:
+    """heavyball's Muon and PSGD skip parameters without gradients too, weight decay included."""
+    snapshots: dict[int, dict] = {}
+    run_dir = outputs / "output01"
+
+    def keep(step: int) -> None:
+        snapshots[step] = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+    run_tiny(*VAE, *SMALL_RAVE_D, "model.capacity=8", f"optim={optim}", "optim.weight_decay=0.1",
+             "trainer.phase1_steps=2", "trainer.max_steps=4", "trainer.val_every=1", "trainer.sample_clips=0",
+             after_step=keep)
+    encoder = [k for k in snapshots[2] if k.startswith("encoder.")]
+    assert any(not torch.equal(snapshots[1][k], snapshots[2][k]) for k in encoder)  # it trained in phase 1
+    assert all(torch.equal(snapshots[2][k], snapshots[4][k]) for k in encoder)
+    assert any(not torch.equal(snapshots[3][k], snapshots[4][k]) for k in snapshots[2] if k.startswith("decoder."))
