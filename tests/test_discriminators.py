@@ -10,7 +10,6 @@ from torch import nn
 
 from audiolab.models.discriminators import (
     RaveV2Discriminator,
-    build_discriminator,
     dac_discriminator,
     split_features,
 )
@@ -199,13 +198,10 @@ def test_rave_v2_rejects_bad_shapes(shape: tuple[int, ...]) -> None:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def test_split_features_and_registry() -> None:
+def test_split_features() -> None:
     maps = [[torch.arange(5.0).reshape(5, 1), torch.arange(10.0).reshape(5, 2)]]
     real, fake = split_features(maps, n_real=2)
     assert [m.shape[0] for m in real[0]] == [2, 2] and [m.shape[0] for m in fake[0]] == [3, 3]
     torch.testing.assert_close(fake[0][0], torch.tensor([[2.0], [3.0], [4.0]]))
     with pytest.raises(ValueError):
         split_features(maps, n_real=6)
-    assert isinstance(build_discriminator("rave_v2", capacity=2), RaveV2Discriminator)
-    with pytest.raises(ValueError):
-        build_discriminator("nope")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -272,17 +272,3 @@ class RaveV2Discriminator(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ registry
-
-DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {
-    "dac": dac_discriminator,
-    "rave_v2": RaveV2Discriminator,
-}
-
-
-def build_discriminator(name: str, **kwargs: Any) -> nn.Module:
-    """Build a discriminator by registry name (``dac`` or ``rave_v2``) with keyword overrides."""
-    try:
-        factory = DISCRIMINATORS[name]
-    except KeyError:
-        raise ValueError(f"unknown discriminator {name!r}; choose from {sorted(DISCRIMINATORS)}") from None
-    return factory(**kwargs)

@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from audiolab.losses.adversarial import AdversarialLoss, FeatureMatchingLoss, Features
+from audiolab.losses.adversarial import AdversarialLoss, Features
 from audiolab.losses.composite import WeightedLoss
 from audiolab.models.discriminators import split_features
 
@@ -51,16 +51,9 @@ class AdversarialStage:
         self.optimizer: torch.optim.Optimizer = instantiate(cfg.optimizer)(self.discriminator.parameters())
         self.grad_clip = float(cfg.grad_clip) if cfg.get("grad_clip") else math.inf
         self.concat = concat
-        self.adversarial: AdversarialLoss | None = None
-        self.feature_matching: FeatureMatchingLoss | None = None
-        self.weights: dict[str, float] = {}
-        for name, term in loss_fn.gan_terms.items():
-            if isinstance(term, AdversarialLoss):
-                self.adversarial, self.weights["adversarial"] = term, loss_fn.weights[name]
-                self.adversarial_name = name
-            elif isinstance(term, FeatureMatchingLoss):
-                self.feature_matching, self.weights["feature_matching"] = term, loss_fn.weights[name]
-                self.feature_matching_name = name
+        # Every discriminator-based term of loss.terms with its weight; the adversarial one also trains D.
+        self.gan_terms = {name: (term, loss_fn.weights[name]) for name, term in loss_fn.gan_terms.items()}
+        self.adversarial = next((t for t, _ in self.gan_terms.values() if isinstance(t, AdversarialLoss)), None)
         if self.adversarial is None:
             raise ValueError("a discriminator needs an adversarial loss term: use loss=rave or loss=dac_gan, or add "
                              "loss.terms.adversarial={_target_: audiolab.losses.adversarial.AdversarialLoss, "
@@ -103,11 +96,12 @@ class AdversarialStage:
         finally:
             for p in self.discriminator.parameters():
                 p.requires_grad_(True)
-        terms = {self.adversarial_name: self.adversarial(fake_f)}
-        total = self.weights["adversarial"] * terms[self.adversarial_name]
-        if self.feature_matching is not None and self.weights["feature_matching"]:
-            terms[self.feature_matching_name] = self.feature_matching(real_f, fake_f)
-            total = total + self.weights["feature_matching"] * terms[self.feature_matching_name]
+        terms: dict[str, torch.Tensor] = {}
+        total = fake.new_zeros((), dtype=torch.float32)
+        for name, (term, weight) in self.gan_terms.items():
+            if weight:
+                terms[name] = term(fake_f) if isinstance(term, AdversarialLoss) else term(real_f, fake_f)
+                total = total + weight * terms[name]
         return total, terms
 
     @torch.no_grad()
