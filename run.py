@@ -21,7 +21,8 @@ register_resolvers()
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Hydra task: train (or resume) and return the best val/spec_loss for sweepers to minimise."""
-    from audiolab.runs.session import RunFailed, RunInterrupted, in_optuna_trial, launch_from_hydra
+    from audiolab.app import in_optuna_trial, launch_from_hydra
+    from audiolab.runs.session import RunFailed, RunInterrupted
 
     if in_optuna_trial():
         # The sweeper records a failed trial (already told to the study) and goes on: exceptions, not exits.

@@ -120,11 +120,11 @@ def _data_prepare(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from audiolab.common.numbering import find_run_dir
     from audiolab.config import register_configs
     from audiolab.config.resolvers import register_resolvers
     from audiolab.metrics.clap import ClapCheckpointError
     from audiolab.runs.evaluation import evaluate_paths, evaluate_run
-    from audiolab.runs.numbering import find_run_dir
 
     register_configs()
     register_resolvers()

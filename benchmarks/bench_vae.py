@@ -4,7 +4,7 @@
 Each configuration is one `python run.py ...` subprocess (so peak memory is its own) training for a few
 steps with `log_every=1`; the figures come from its metrics.jsonl: `perf/steps_per_s` of every step after
 the first (warm-up), and `perf/peak_mem_gib` (CUDA: max allocated; CPU: the process's peak resident set).
-Phase 2 runs start there (`trainer.phase1_steps=0`) with `trainer.d_every=4`: steps 1, 5, ... are the
+Phase 2 runs start there (`recipe.phase1_steps=0`) with `recipe.d_every=4`: steps 1, 5, ... are the
 discriminator's, the others the generator's; a phase-2 "step" below is the average over that 1:3 cycle.
 `d_concat` true and false are both run, for the speed difference of one discriminator pass vs two.
 
@@ -36,8 +36,8 @@ def run_config(preset: str, batch: int, segment: int, phase: int, concat: bool, 
             f"paths.outputs={outputs}", f"paths.cache={workdir / 'cache'}", f"data.batch_size={batch}",
             f"data.segment={segment}", "data.val_max_crops=2", "trainer.sample_clips=0", "trainer.progress=false",
             f"trainer.max_steps={steps}", f"trainer.val_every={steps}", "trainer.log_every=1",
-            f"trainer.phase1_steps={10**6 if phase == 1 else 0}", "trainer.d_every=4",
-            f"trainer.d_concat={str(concat).lower()}", f"trainer.device={device}",
+            f"recipe.phase1_steps={10**6 if phase == 1 else 0}", "recipe.d_every=4",
+            f"recipe.d_concat={str(concat).lower()}", f"trainer.device={device}",
             "optim.scheduler.warmup_steps=0"]
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=workdir, capture_output=True, text=True,

@@ -13,11 +13,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from audiolab.common.numbering import allocate
 from audiolab.config import register_configs
 from audiolab.config.resolvers import register_resolvers
-from audiolab.runs.numbering import allocate
 from audiolab.runs.session import RunInterrupted, run_training
-from audiolab.train.loop import TrainResult
+from audiolab.train.hooks import TrainResult
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -229,7 +229,7 @@ def test_train_mode_keeps_the_encoder_in_eval(ckpt: Path) -> None:
 
 
 def test_training_run_with_dac_features_mrstft(ckpt: Path, tmp_path: Path) -> None:
-    from audiolab.runs.numbering import allocate
+    from audiolab.common.numbering import allocate
     from audiolab.runs.session import run_training
 
     cfg = compose_config(["debug=fast", "loss=dac_features_mrstft", f"loss.terms.dac.weights={ckpt}", "logger=none",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from audiolab.runs.numbering import allocate, existing_numbers, find_run_dir
+from audiolab.common.numbering import allocate, existing_numbers, find_run_dir
 
 
 def _claim(root: str, barrier, results) -> None:

@@ -102,6 +102,11 @@ def test_active_dimensions_counts_varying_channels() -> None:
     assert active_dimensions(latents, 1e-5) == 2
 
 
+def vae_gan(checkpoint: dict) -> dict:
+    """What recipe=vae_gan keeps in a checkpoint: its phase and the discriminator (None in phase 1)."""
+    return checkpoint["extras"]["vae_gan"]
+
+
 def test_beta_warms_up_in_log_space() -> None:
     assert beta_at(0, 100, 1e-6, 5e-2) == pytest.approx(1e-6)
     assert beta_at(50, 100, 1e-6, 5e-2) == pytest.approx((1e-6 * 5e-2) ** 0.5)
@@ -182,10 +187,10 @@ def test_phase_switch_freezes_the_encoder_and_trains_the_discriminator(run_tiny,
     def keep(step: int) -> None:
         snapshots[step] = load_checkpoint(run_dir / "checkpoints" / "last.pt")
 
-    run_tiny(*VAE, *SMALL_RAVE_D, "model.capacity=8", "trainer.phase1_steps=3", "trainer.max_steps=6",
-             "trainer.val_every=1", "trainer.d_every=2", "trainer.sample_clips=0", after_step=keep)
-    assert [snapshots[s]["phase"] for s in range(1, 7)] == [1, 1, 1, 2, 2, 2]
-    assert snapshots[3]["adversarial"] is None and snapshots[4]["adversarial"] is not None
+    run_tiny(*VAE, *SMALL_RAVE_D, "model.capacity=8", "recipe.phase1_steps=3", "trainer.max_steps=6",
+             "trainer.val_every=1", "recipe.d_every=2", "trainer.sample_clips=0", after_step=keep)
+    assert [vae_gan(snapshots[s])["phase"] for s in range(1, 7)] == [1, 1, 1, 2, 2, 2]
+    assert vae_gan(snapshots[3])["discriminator"] is None and vae_gan(snapshots[4])["discriminator"] is not None
 
     def params(step: int, prefix: str) -> dict[str, torch.Tensor]:
         return {k: v for k, v in snapshots[step]["model"].items() if k.startswith(prefix)}
@@ -198,7 +203,7 @@ def test_phase_switch_freezes_the_encoder_and_trains_the_discriminator(run_tiny,
     # Steps 3 and 5 (0-based) are the discriminator's; step 4 is the generator's.
     assert all(torch.equal(v, params(5, "decoder.")[k]) for k, v in params(4, "decoder.").items()) is False
     assert all(torch.equal(v, params(4, "decoder.")[k]) for k, v in params(3, "decoder.").items())
-    d = {s: snapshots[s]["adversarial"]["model"] for s in (4, 5, 6)}
+    d = {s: vae_gan(snapshots[s])["discriminator"]["model"] for s in (4, 5, 6)}
     assert all(torch.equal(d[4][k], d[5][k]) for k in d[4])  # the generator's step leaves D alone
     assert any(not torch.equal(d[5][k], d[6][k]) for k in d[5])  # D's own step moves it
     metrics = read_metrics(run_dir)
@@ -208,7 +213,7 @@ def test_phase_switch_freezes_the_encoder_and_trains_the_discriminator(run_tiny,
 
 
 def test_debug_fast_small_preset_crosses_into_phase_2_and_finishes(run_tiny) -> None:
-    run_dir, result = run_tiny(*VAE, "trainer.phase1_steps=3", "trainer.max_steps=5")
+    run_dir, result = run_tiny(*VAE, "recipe.phase1_steps=3", "trainer.max_steps=5")
     assert result.status == "completed" and result.step == 5
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "completed" and info["phase2_start"] == 3
@@ -224,23 +229,23 @@ def test_debug_fast_small_preset_crosses_into_phase_2_and_finishes(run_tiny) -> 
     # Autoencoding: the input is the target, so only output and target are written.
     assert {w.name.split("_", 2)[-1] for w in (run_dir / "samples").glob("*.wav")} == {"output.wav", "target.wav"}
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert ckpt["phase"] == 2 and set(ckpt["adversarial"]) == {"model", "optimizer"}
+    assert vae_gan(ckpt)["phase"] == 2 and set(vae_gan(ckpt)["discriminator"]) == {"model", "optimizer"}
 
 
 @pytest.mark.parametrize("phase1", [3, 5])
 def test_resume_across_the_phase_boundary_is_bitwise(interrupted_and_full, phase1: int) -> None:
     """Cut at step 4: inside phase 2 (phase1=3) or just before it (phase1=5)."""
-    full_dir, cut_dir = interrupted_and_full(*VAE, *SMALL_RAVE_D, f"trainer.phase1_steps={phase1}",
-                                             "trainer.max_steps=6", "trainer.val_every=3", "trainer.d_every=2")
-    assert load_checkpoint(cut_dir / "checkpoints" / "last.pt")["phase"] == (2 if phase1 == 3 else 1)
+    full_dir, cut_dir = interrupted_and_full(*VAE, *SMALL_RAVE_D, f"recipe.phase1_steps={phase1}",
+                                             "trainer.max_steps=6", "trainer.val_every=3", "recipe.d_every=2")
+    assert vae_gan(load_checkpoint(cut_dir / "checkpoints" / "last.pt"))["phase"] == (2 if phase1 == 3 else 1)
     run_training(load_resolved_config(cut_dir), cut_dir, resume=True)
     full = load_checkpoint(full_dir / "checkpoints" / "last.pt")
     cut = load_checkpoint(cut_dir / "checkpoints" / "last.pt")
-    assert full["step"] == cut["step"] == 6 and full["phase"] == cut["phase"] == 2
+    assert full["step"] == cut["step"] == 6 and vae_gan(full)["phase"] == vae_gan(cut)["phase"] == 2
     for name, tensor in full["model"].items():
         assert torch.equal(tensor, cut["model"][name]), name
-    for name, tensor in full["adversarial"]["model"].items():
-        assert torch.equal(tensor, cut["adversarial"]["model"][name]), name
+    for name, tensor in vae_gan(full)["discriminator"]["model"].items():
+        assert torch.equal(tensor, vae_gan(cut)["discriminator"]["model"][name]), name
     strip = [{k: v for k, v in m.items() if not k.startswith("perf/")} for m in read_metrics(full_dir)]
     assert strip == [{k: v for k, v in m.items() if not k.startswith("perf/")} for m in read_metrics(cut_dir)]
 
@@ -282,7 +287,7 @@ def test_heavyball_optimizers_keep_the_frozen_encoder_bitwise(run_tiny, outputs:
         snapshots[step] = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
 
     run_tiny(*VAE, *SMALL_RAVE_D, "model.capacity=8", f"optim={optim}", "optim.weight_decay=0.1",
-             "trainer.phase1_steps=2", "trainer.max_steps=4", "trainer.val_every=1", "trainer.sample_clips=0",
+             "recipe.phase1_steps=2", "trainer.max_steps=4", "trainer.val_every=1", "trainer.sample_clips=0",
              after_step=keep)
     encoder = [k for k in snapshots[2] if k.startswith("encoder.")]
     assert any(not torch.equal(snapshots[1][k], snapshots[2][k]) for k in encoder)  # it trained in phase 1

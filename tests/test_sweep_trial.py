@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from audiolab.runs.numbering import allocate
+from audiolab.common.numbering import allocate
 from audiolab.runs.session import run_training
 from audiolab.sweep.study import open_study
 from audiolab.sweep.trial import TrialLink

@@ -15,7 +15,7 @@ from audiolab.cli import main as audiolab_main
 from audiolab.runs.record import read_metrics
 from audiolab.runs.session import RunFailed, load_resolved_config, run_training
 from audiolab.train.checkpoint import load_checkpoint
-from audiolab.train.loop import Validator
+from audiolab.train.validate import Validator
 from conftest import compose_config
 
 

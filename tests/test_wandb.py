@@ -7,7 +7,7 @@ import socket
 import time
 from pathlib import Path
 
-from audiolab.runs.loggers import redact
+from audiolab.common.secrets import redact
 from audiolab.runs.session import load_resolved_config, run_training
 from conftest import run_cli
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from audiolab.common.numbering import SWEEP_PREFIX, allocate
 from audiolab.config.schema import ConfigError
-from audiolab.runs.numbering import SWEEP_PREFIX, allocate
 
 
 def _run_dir(outputs: str, resume: str | None = None) -> str:

@@ -1,7 +1,8 @@
-"""Typed schemas for the `trainer`, `data` and `task` groups, and the range checks Hydra cannot do.
+"""Typed schemas for the `trainer`, `recipe`, `data` and `task` groups, and the range checks Hydra cannot do.
 
 Hydra rejects unknown keys and wrong types while composing (the schemas are merged under each
-group's YAML through its defaults list). Ranges and cross-group rules (a segment must be a multiple
+group's YAML through its defaults list). The schemas hold types only: every value is written once, in
+the group's YAML, where its comment explains it. Ranges and cross-group rules (a segment must be a multiple
 of the model's hop) are checked by `validate_config` before anything is built.
 """
 
@@ -13,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import get_class
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
+from audiolab.losses.kinds import LossKind, loss_kind
 from audiolab.metrics.spectral import SPEC_FFT_SIZES
-
-GAN_TERMS = "audiolab.losses.adversarial."  # loss terms that need a discriminator
+from audiolab.models.base import AudioModel, hop_length_of
 
 
 class ConfigError(ValueError):
@@ -26,40 +29,53 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainerConfig:
-    """How long to train, how often to validate, and where."""
+    """How long to train, how often to validate, and where (values: conf/trainer/default.yaml)."""
 
-    max_steps: int = 2000
-    val_every: int = 250
-    log_every: int = 10
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    overfit: bool = False  # train on one fixed batch (debug=overfit)
-    sample_clips: int = 2  # validation clips written to samples/ each validation
-    progress: bool = True
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
-    ema_decay: float | None = None  # EMA of the weights for validation and best.pt; None turns it off
-    # Two-phase (RAVE-style) training; phase 2 needs `discriminator=`.
-    phase1_steps: int | None = None  # phase 2 starts here; None: half of max_steps
-    beta_warmup_steps: int = 20000  # KL weight warm-up (log space), RAVE v2's length
-    beta_start: float = 1e-6
-    beta_end: float = 5e-2
-    d_every: int = 4  # phase 2: the discriminator takes 1 step in d_every, the generator the others
-    d_concat: bool = False  # one discriminator pass on cat(real, fake) instead of two (slower on CPU)
+    max_steps: int = MISSING
+    val_every: int = MISSING
+    log_every: int = MISSING
+    seed: int = MISSING
+    device: str = MISSING  # auto | cpu | cuda | cuda:N
+    precision: str = MISSING  # auto | bf16 | fp32
+    overfit: bool = MISSING
+    sample_clips: int = MISSING
+    progress: bool = MISSING
+    threads: int = MISSING
+    ema_decay: float | None = MISSING
+
+
+@dataclass
+class SupervisedRecipeConfig:
+    """One generator step per batch: output, weighted loss, backward, optimizer step (conf/recipe/supervised.yaml)."""
+
+    _target_: str = "audiolab.train.recipes.supervised.SupervisedRecipe"
+
+
+@dataclass
+class VaeGanRecipeConfig:
+    """Two-phase RAVE-style training (values and their meaning: conf/recipe/vae_gan.yaml)."""
+
+    _target_: str = "audiolab.train.recipes.vae_gan.VaeGanRecipe"
+    phase1_steps: int | None = MISSING
+    beta_warmup_steps: int = MISSING
+    beta_start: float = MISSING
+    beta_end: float = MISSING
+    d_every: int = MISSING
+    d_concat: bool = MISSING
 
 
 @dataclass
 class DataConfig:
-    """Fields every dataset shares; each dataset's schema extends it."""
+    """Fields every dataset shares; each dataset's schema extends it (values: conf/data/*.yaml)."""
 
     _target_: str = "???"
-    sample_rate: int = 44100
-    segment: int = 16384
-    batch_size: int = 8
-    num_workers: int = 0
+    sample_rate: int = MISSING
+    segment: int = MISSING
+    batch_size: int = MISSING
+    num_workers: int = MISSING
     cache_dir: str = "${paths.cache}"
-    val_max_crops: int | None = None  # validation crops kept (evenly spread); None keeps all
-    loader: str = "threads"  # threads (slice in background threads) | processes (torch DataLoader workers)
+    val_max_crops: int | None = MISSING  # validation crops kept (evenly spread); None keeps all
+    loader: str = MISSING  # threads | processes
 
 
 @dataclass
@@ -67,10 +83,10 @@ class SynthDataConfig(DataConfig):
     """The built-in piano-like dataset."""
 
     _target_: str = "audiolab.data.synth.build_synth_data"
-    train_seconds: float = 180.0
-    val_seconds: float = 30.0
-    clip_seconds: float = 10.0
-    seed: int = 0
+    train_seconds: float = MISSING
+    val_seconds: float = MISSING
+    clip_seconds: float = MISSING
+    seed: int = MISSING
 
 
 @dataclass
@@ -78,39 +94,37 @@ class FolderDataConfig(DataConfig):
     """A folder of the user's audio files (see audiolab/data/folder.py)."""
 
     _target_: str = "audiolab.data.folder.build_folder_data"
-    path: str = "???"
-    val_path: str | None = None  # a fixed validation folder; then all of `path` trains
-    channels: int = 1  # 1: mix to mono; 2: stereo (mono files are duplicated)
-    val_fraction: float = 0.1  # share of files (by path hash) that validate when val_path is null
-    val_max_crops: int | None = 256
-    dtype: str = "int16"  # cache sample type: int16 | float16 | float32
-    normalize: str = "none"  # none | peak | loudness
-    peak_db: float = -1.0  # normalize=peak: each file's peak in dBFS
-    loudness_lufs: float = -20.0  # normalize=loudness: each file's integrated loudness (BS.1770)
-    num_workers: int = 2
-    prepare_workers: int = 0  # processes decoding files into the cache; 0 = one per core, up to 8
-    extensions: list[str] = field(default_factory=lambda: ["wav", "flac", "ogg", "mp3", "aiff", "aif"])
-    progress: bool = True
+    path: str = MISSING
+    val_path: str | None = MISSING
+    channels: int = MISSING
+    val_fraction: float = MISSING
+    dtype: str = MISSING
+    normalize: str = MISSING
+    peak_db: float = MISSING
+    loudness_lufs: float = MISSING
+    prepare_workers: int = MISSING
+    extensions: list[str] = MISSING
+    progress: bool = MISSING
 
 
 @dataclass
 class RestoreTaskConfig:
-    """Pitch-shift round-trip restoration."""
+    """Pitch-shift round-trip restoration (values: conf/task/restore.yaml)."""
 
     _target_: str = "audiolab.tasks.restore.PitchShiftRestore"
-    semitones: list[int] = field(default_factory=lambda: [-4, -3, -2, -1, 1, 2, 3, 4])
-    lowpass_impossible: bool = True
-    n_fft: int = 512
-    max_denominator: int = 64
-    lowpass_bank: int | None = 10  # discrete target cutoffs; null: each k's exact cutoff
+    semitones: list[int] = MISSING
+    lowpass_impossible: bool = MISSING
+    n_fft: int = MISSING
+    max_denominator: int = MISSING
+    lowpass_bank: int | None = MISSING
 
 
 @dataclass
 class AutoencodeTaskConfig:
-    """Reconstruct the input (VAEs)."""
+    """Reconstruct the input (VAEs; values: conf/task/autoencode.yaml)."""
 
     _target_: str = "audiolab.tasks.autoencode.Autoencode"
-    active_threshold: float = 0.01
+    active_threshold: float = MISSING
 
 
 EVAL_METRICS = ("fad", "kid", "diversity", "fad_inf")
@@ -164,6 +178,8 @@ def register_configs() -> None:
     cs.store(group="schema/data", name="folder", node=FolderDataConfig)
     cs.store(group="schema/task", name="restore", node=RestoreTaskConfig)
     cs.store(group="schema/task", name="autoencode", node=AutoencodeTaskConfig)
+    cs.store(group="schema/recipe", name="supervised", node=SupervisedRecipeConfig)
+    cs.store(group="schema/recipe", name="vae_gan", node=VaeGanRecipeConfig)
     cs.store(group="schema/metrics", name="default", node=MetricsConfig)
 
 
@@ -172,6 +188,8 @@ _SCHEMAS_BY_TARGET: dict[str, type] = {
     FolderDataConfig._target_: FolderDataConfig,
     RestoreTaskConfig._target_: RestoreTaskConfig,
     AutoencodeTaskConfig._target_: AutoencodeTaskConfig,
+    SupervisedRecipeConfig._target_: SupervisedRecipeConfig,
+    VaeGanRecipeConfig._target_: VaeGanRecipeConfig,
 }
 
 
@@ -179,8 +197,23 @@ def _typed(section: str, node: DictConfig) -> Any:
     """Merge a plain (e.g. saved, resolved) section into its schema so types and keys are checked."""
     schema = TrainerConfig if section == "trainer" else _SCHEMAS_BY_TARGET.get(node.get("_target_"))
     if schema is None:
-        return None  # a dataset or task added later without a schema here: no typed check
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+        return None  # a dataset, task or recipe added later without a schema here: no typed check
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"{section}.{err.full_key} must be set (a config saved by an older audiolab?)") from None
+
+
+def _imported(key: str, target: str) -> type | None:
+    """The class `target` names (None when it names a function); ConfigError naming `key` when it cannot be imported."""
+    try:
+        return get_class(target)
+    except ValueError as err:
+        if "is not a type" in str(err) or "not a class" in str(err):
+            return None
+        raise ConfigError(f"{key}={target!r} cannot be imported: {err}") from None
+    except ImportError as err:
+        raise ConfigError(f"{key}={target!r} cannot be imported: {err}") from None
 
 
 def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -188,17 +221,27 @@ def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is out of range: allowed {allowed}")
 
 
-def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
+def validate_config(cfg: DictConfig) -> None:
     """Check value ranges and cross-group rules; raise ConfigError naming the key."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} must be set, e.g. python run.py {missing[0]}=..."
                           + (f" (also unset: {', '.join(missing[1:])})" if len(missing) > 1 else ""))
-    trainer = _typed("trainer", cfg.trainer)
-    data = _typed("data", cfg.data) or cfg.data
+    _check_trainer(_typed("trainer", cfg.trainer))
     _typed("task", cfg.task)
+    model_cls = _imported("model._target_", str(cfg.model._target_))
+    _check_data(cfg, _typed("data", cfg.data) or cfg.data, hop_length_of(cfg.model) if model_cls else None)
+    if "metrics" in cfg:
+        validate_metrics(cfg.metrics)
+    _check_task(cfg.task)
+    _check_optim(cfg.optim)
+    kinds = _check_loss(cfg.loss)
+    validate_recipe(cfg, kinds, variational=model_cls is not None and issubclass(model_cls, AudioModel)
+                    and model_cls.variational)
 
+
+def _check_trainer(trainer: TrainerConfig) -> None:
     _need(trainer.max_steps >= 1, "trainer.max_steps", trainer.max_steps, ">= 1")
     _need(trainer.val_every >= 1, "trainer.val_every", trainer.val_every, ">= 1")
     _need(trainer.log_every >= 1, "trainer.log_every", trainer.log_every, ">= 1")
@@ -206,19 +249,13 @@ def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
     _need(trainer.threads >= 0, "trainer.threads", trainer.threads, ">= 0")
     _need(trainer.ema_decay is None or 0.0 < trainer.ema_decay < 1.0, "trainer.ema_decay", trainer.ema_decay,
           "(0, 1), or null for no EMA")
-    _need(trainer.phase1_steps is None or trainer.phase1_steps >= 0, "trainer.phase1_steps", trainer.phase1_steps,
-          ">= 0, or null for half of trainer.max_steps")
-    _need(trainer.beta_warmup_steps >= 0, "trainer.beta_warmup_steps", trainer.beta_warmup_steps, ">= 0")
-    for key in ("beta_start", "beta_end"):
-        value = getattr(trainer, key)
-        _need(math.isfinite(value) and value > 0, f"trainer.{key}", value, "> 0 (the warm-up is in log space)")
-    _need(trainer.d_every >= 2, "trainer.d_every", trainer.d_every,
-          ">= 2 (1 discriminator step in d_every; the generator needs the others)")
     _need(trainer.precision in ("auto", "bf16", "fp32"), "trainer.precision", trainer.precision,
           "one of auto, bf16, fp32")
     _need(trainer.device == "auto" or trainer.device == "cpu" or trainer.device.startswith("cuda"),
           "trainer.device", trainer.device, "auto, cpu, cuda or cuda:N")
 
+
+def _check_data(cfg: DictConfig, data: Any, hop_length: int | None) -> None:
     _need(data.sample_rate >= 8000, "data.sample_rate", data.sample_rate, ">= 8000")
     _need(data.segment >= 1, "data.segment", data.segment, ">= 1")
     _need(data.batch_size >= 1, "data.batch_size", data.batch_size, ">= 1")
@@ -258,10 +295,8 @@ def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
             raise ConfigError(f"{key}={audio} does not match data.channels={data_channels}: "
                               "the model's input must have the dataset's channel count")
 
-    if "metrics" in cfg:
-        validate_metrics(cfg.metrics)
 
-    task = cfg.task
+def _check_task(task: DictConfig) -> None:
     if "semitones" in task:
         semis = list(task.semitones)
         _need(len(semis) > 0 and all(s != 0 and abs(s) <= 12 for s in semis), "task.semitones", semis,
@@ -269,7 +304,8 @@ def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
     bank = task.get("lowpass_bank")
     _need(bank is None or int(bank) >= 1, "task.lowpass_bank", bank, ">= 1, or null for exact cutoffs")
 
-    optim = cfg.optim
+
+def _check_optim(optim: DictConfig) -> None:
     lr = optim.get("lr")
     _need(lr is not None and math.isfinite(float(lr)) and float(lr) > 0, "optim.lr", lr, "> 0")
     for key in ("adamw_lr", "momentum"):
@@ -289,15 +325,41 @@ def validate_config(cfg: DictConfig, hop_length: int | None = None) -> None:
     floor = float(sched.get("min_lr_ratio", 0.0))
     _need(0.0 <= floor <= 1.0, "optim.scheduler.min_lr_ratio", floor, "[0, 1]")
 
-    for name, term in cfg.loss.terms.items():
+
+def _check_loss(loss: DictConfig) -> dict[str, LossKind]:
+    """Check the weights; return each term's declared kind."""
+    kinds = {name: loss_kind(_imported(f"loss.terms.{name}._target_", str(term._target_)))
+             for name, term in loss.terms.items()}
+    for name, term in loss.terms.items():
         w = term.get("weight")
         _need(w is not None and float(w) >= 0, f"loss.terms.{name}.weight", w, ">= 0")
-    reconstruction = [t for t in cfg.loss.terms.values() if not str(t.get("_target_", "")).startswith(GAN_TERMS)]
-    _need(any(float(t.weight) > 0 for t in reconstruction), "loss.terms", "all reconstruction weights 0",
-          "at least one reconstruction term with weight > 0")
-    if bool(cfg.get("discriminator")):
-        adversarial = [n for n, t in cfg.loss.terms.items() if str(t.get("_target_", "")).endswith(".AdversarialLoss")]
-        if not adversarial or not any(float(cfg.loss.terms[n].weight) > 0 for n in adversarial):
+    _need(any(float(loss.terms[n].weight) > 0 for n, k in kinds.items() if not k.needs_discriminator),
+          "loss.terms", "all reconstruction weights 0", "at least one reconstruction term with weight > 0")
+    return kinds
+
+
+def validate_recipe(cfg: DictConfig, kinds: dict[str, LossKind], variational: bool) -> None:
+    """Check the recipe's values, and that it can train the model and loss it is given."""
+    recipe = _typed("recipe", cfg.recipe)
+    has_discriminator = bool(cfg.get("discriminator"))
+    two_phase = isinstance(recipe, VaeGanRecipeConfig)
+    if not two_phase and (has_discriminator or variational):
+        why = "discriminator is set" if has_discriminator else f"model {cfg.model._target_} is a VAE"
+        name = str(cfg.recipe.get("_target_")).rsplit(".", 1)[-1]
+        raise ConfigError(f"recipe {name} cannot train this run ({why}): use recipe=vae_gan"
+                          + (", or discriminator=none" if has_discriminator else ""))
+    if two_phase:
+        _need(recipe.phase1_steps is None or recipe.phase1_steps >= 0, "recipe.phase1_steps", recipe.phase1_steps,
+              ">= 0, or null for half of trainer.max_steps")
+        _need(recipe.beta_warmup_steps >= 0, "recipe.beta_warmup_steps", recipe.beta_warmup_steps, ">= 0")
+        for key in ("beta_start", "beta_end"):
+            value = getattr(recipe, key)
+            _need(math.isfinite(value) and value > 0, f"recipe.{key}", value, "> 0 (the warm-up is in log space)")
+        _need(recipe.d_every >= 2, "recipe.d_every", recipe.d_every,
+              ">= 2 (1 discriminator step in d_every; the generator needs the others)")
+    if has_discriminator:
+        adversarial = [n for n, k in kinds.items() if k is LossKind.ADVERSARIAL]
+        if not any(float(cfg.loss.terms[n].weight) > 0 for n in adversarial):
             raise ConfigError("discriminator is set but loss.terms has no adversarial term with weight > 0: use "
                               "loss=rave or loss=dac_gan, or discriminator=none for no phase 2")
 

@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from audiolab.common.locks import file_lock
 from audiolab.data.clips import CACHE_FORMAT, DTYPES, AudioData, ClipCache, ClipCacheWriter, read_clip_cache
 from audiolab.data.decode import FileResult, decode_file
 from audiolab.data.loudness import gain_to_lufs
-from audiolab.locks import file_lock
 
 log = logging.getLogger(__name__)
 

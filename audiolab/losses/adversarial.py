@@ -18,18 +18,26 @@ Conventions (checked against the sources):
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
+
+from audiolab.losses.kinds import LossKind
 
 Features = list[list[torch.Tensor]]
 
 
 class GanTerm(nn.Module):
-    """Marks a loss term that is computed from discriminator outputs rather than from (output, target)."""
+    """A loss term computed from discriminator outputs rather than from (output, target)."""
+
+    loss_kind: ClassVar[LossKind]
 
 
 class AdversarialLoss(GanTerm):
     """Hinge or least-squares GAN loss on each sub-discriminator's logit, summed over sub-discriminators."""
+
+    loss_kind = LossKind.ADVERSARIAL
 
     def __init__(self, kind: str = "hinge") -> None:
         super().__init__()
@@ -63,6 +71,8 @@ class AdversarialLoss(GanTerm):
 
 class FeatureMatchingLoss(GanTerm):
     """L1 between the discriminator's feature maps of real and generated audio (real maps are constants)."""
+
+    loss_kind = LossKind.FEATURE_MATCHING
 
     def __init__(self, relative: bool = True, skip_features: int = 0, include_logit: bool = True,
                  reduction: str = "mean") -> None:

@@ -7,8 +7,8 @@ Config shape (`conf/loss/*.yaml`):
       l1:     {_target_: torch.nn.L1Loss, weight: 0.1}
 
 Every weight is its own key, so any of them can be swept (`loss.terms.mrstft.weight=2`).
-Terms that judge audio through a discriminator (`audiolab.losses.adversarial`) go to `gan_terms`:
-they only count in phase 2, when `discriminator=` is set (see audiolab/train/adversarial.py).
+Terms whose class declares a discriminator-based `loss_kind` (`audiolab.losses.kinds`) go to
+`gan_terms`: they only count in phase 2 of `recipe=vae_gan` (see audiolab/train/adversarial.py).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from audiolab.losses.adversarial import GanTerm
+from audiolab.losses.kinds import loss_kind
 
 
 class WeightedLoss(torch.nn.Module):
     """Sum of weight * term(output, target); terms are computed in fp32 (STFTs are not bf16-safe)."""
 
     def __init__(self, terms: dict[str, torch.nn.Module], weights: dict[str, float],
-                 gan_terms: dict[str, GanTerm] | None = None) -> None:
+                 gan_terms: dict[str, torch.nn.Module] | None = None) -> None:
         super().__init__()
         self.terms = torch.nn.ModuleDict(terms)
         self.gan_terms = torch.nn.ModuleDict(gan_terms or {})
@@ -51,5 +51,5 @@ def build_loss(cfg: DictConfig) -> WeightedLoss:
         spec = OmegaConf.to_container(spec, resolve=True)
         weights[name] = float(spec.pop("weight"))
         term = instantiate(spec)
-        (gan_terms if isinstance(term, GanTerm) else terms)[name] = term
+        (gan_terms if loss_kind(term).needs_discriminator else terms)[name] = term
     return WeightedLoss(terms, weights, gan_terms)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audiolab.models.base import AudioModel
+
 
 class ConvNeXtBlock1d(nn.Module):
     """ConvNeXt block: depthwise conv, LayerNorm, inverted-bottleneck MLP, layer scale, residual."""
@@ -107,7 +109,7 @@ INITS = {
 }
 
 
-class ConvNeXtUNet1d(nn.Module):
+class ConvNeXtUNet1d(AudioModel):
     """Waveform U-Net of ConvNeXt-1D blocks mapping (B, channels[0], T) to the same shape.
 
     ``scale_vs_channels`` (one alpha in [0, 1] per level, default all 1.0) decides how each level's
@@ -191,10 +193,15 @@ class ConvNeXtUNet1d(nn.Module):
         """Parameters of the first and last layers (kept on AdamW by the Muon hybrid)."""
         return [*self.down[0].parameters(), *self.up[0].parameters()]
 
+    @classmethod
+    def hop_for(cls, factors: Sequence[int] = (), **_: object) -> int:
+        """Total time reduction at the bottleneck: the product of `factors`."""
+        return math.prod(int(f) for f in factors)
+
     @property
     def hop_length(self) -> int:
         """Total time reduction at the bottleneck (product of factors)."""
-        return math.prod(self.factors)
+        return self.hop_for(self.factors)
 
     @property
     def num_parameters(self) -> int:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from audiolab.models.base import AudioModel
 from audiolab.models.pqmf import PQMF
 
 STD_FLOOR = 1e-4  # RAVE's: keeps log(std^2) finite
@@ -235,8 +236,10 @@ def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return (0.5 * (mean.pow(2) + var - torch.log(var) - 1)).sum(1).mean()
 
 
-class PqmfVAE(nn.Module):
+class PqmfVAE(AudioModel):
     """RAVE-style VAE: PQMF bands, a variational encoder, and a decoder with amplitude and noise branches."""
+
+    variational = True
 
     def __init__(self, channels: int = 1, n_bands: int = 16, attenuation: float = 100.0, capacity: int = 96,
                  ratios: Sequence[int] = (4, 4, 4, 2), latent_size: int = 128, kernel_size: int = 3,
@@ -264,10 +267,15 @@ class PqmfVAE(nn.Module):
                                noise, noise_hidden, noise_ratios, noise_bands)
         self.encoder_frozen = False
 
+    @classmethod
+    def hop_for(cls, n_bands: int = 16, ratios: Sequence[int] = (4, 4, 4, 2), **_: object) -> int:
+        """Audio samples per latent frame: n_bands * prod(ratios)."""
+        return int(n_bands) * math.prod(int(r) for r in ratios)
+
     @property
     def hop_length(self) -> int:
         """Audio samples per latent frame: n_bands * prod(ratios)."""
-        return self.pqmf.n_bands * math.prod(self.ratios)
+        return self.hop_for(self.pqmf.n_bands, self.ratios)
 
     def io_parameters(self) -> list[nn.Parameter]:
         """First and last layers' weights (kept on AdamW under optim=muon)."""
@@ -311,9 +319,10 @@ class PqmfVAE(nn.Module):
             y = self.decode(mean, self._eval_generator(x.device))
         return y, {"kl": kl, "latent": mean}
 
-    def freeze_encoder(self) -> None:
+    def freeze_encoder(self) -> bool:
         """Phase 2: stop training the encoder (no gradients reach it, so optimizers skip its parameters)."""
         self.encoder_frozen = True
         for p in self.encoder.parameters():
             p.requires_grad_(False)
             p.grad = None
+        return True

@@ -16,6 +16,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from audiolab.models.base import AudioModel
+
 
 def decay_groups(model: torch.nn.Module, cfg: DictConfig) -> list[dict]:
     """Two groups: weights of convs and linears decay; norms, biases, layer scales and gains do not."""
@@ -33,7 +35,7 @@ def muon_groups(model: torch.nn.Module, cfg: DictConfig) -> list[dict]:
     heavyball), AdamW on the first and last layers (`model.io_parameters()`), biases, norms and gains."""
     import heavyball
 
-    io = {id(p) for p in getattr(model, "io_parameters", list)()}
+    io = {id(p) for p in (model.io_parameters() if isinstance(model, AudioModel) else [])}
     hidden, io_weights, vectors = [], [], []
     for param in model.parameters():
         if not param.requires_grad:

@@ -25,6 +25,9 @@ from audiolab.runs.record import RunRecord
 from audiolab.runs.session import load_resolved_config
 from audiolab.train.checkpoint import load_checkpoint
 from audiolab.train.device import autocast_dtype, pick_device
+from audiolab.train.state import checkpoint_step, inference_weights
+from audiolab.train.trainer import build_data, build_model
+from audiolab.train.validate import Validator
 
 log = logging.getLogger("audiolab")
 
@@ -38,23 +41,13 @@ def _metrics_config(cfg: DictConfig) -> DictConfig:
     return metrics
 
 
-def _model_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The weights validation scores: the EMA's when the run kept one, else the model's."""
-    ema = checkpoint.get("ema")
-    if ema:
-        return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
-    return checkpoint["model"]
-
-
 def run_outputs(cfg: DictConfig, checkpoint: dict[str, Any], device: torch.device) -> tuple[Any, torch.Tensor, Any]:
     """Rebuild the run's validation set and model, and return (validator, outputs, data) for the checkpoint."""
-    from audiolab.train.loop import Validator, build_data
-
     data = build_data(cfg.data)
     task = instantiate(cfg.task, sample_rate=data.sample_rate)
     validator = Validator(data, task, device, n_samples=0)
-    model = instantiate(cfg.model).to(device)
-    model.load_state_dict(_model_weights(checkpoint))
+    model = build_model(cfg.model, device)
+    model.load_state_dict(inference_weights(checkpoint))
     _, outputs = validator.run(model, autocast_dtype(device, cfg.trainer.precision))
     return validator, outputs, data
 
@@ -77,7 +70,7 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None, reference: P
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no checkpoints/{checkpoint}.pt to evaluate")
     saved = load_checkpoint(path, map_location="cpu")
-    step = int(saved["step"])
+    step = checkpoint_step(saved)
     batch = int(metrics.batch_size)
     if reference is None or candidates is None:
         validator, outputs, data = run_outputs(cfg, saved, device)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import netrc
 import os
-import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -16,21 +15,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from audiolab.common.secrets import redact
+
 log = logging.getLogger(__name__)
-
-_SECRET = re.compile(r"(api_?key|token|password|passwd|secret)", re.IGNORECASE)
-
-
-def redact(value: Any) -> Any:
-    """Copy of a config container with secret-looking keys and URL passwords masked."""
-    if isinstance(value, dict):
-        return {k: ("***" if _SECRET.search(str(k)) and v else redact(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    if isinstance(value, str):
-        return re.sub(r"(://[^:/@\s]+:)[^@/\s]+@", r"\1***@", value)
-    return value
-
 
 class NullLogger:
     """Tracks nothing (`logger=none`)."""

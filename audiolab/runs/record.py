@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from audiolab.runs.loggers import redact
-from audiolab.runs.numbering import parse_number
+from audiolab.common.files import atomic_write_text
+from audiolab.common.numbering import parse_number
+from audiolab.common.secrets import redact
 
 STATUSES = ("running", "completed", "failed", "interrupted", "pruned")
 
@@ -23,18 +22,6 @@ STATUSES = ("running", "completed", "failed", "interrupted", "pruned")
 def now_iso() -> str:
     """Current UTC time, ISO 8601."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path via a temporary file and os.replace, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def git_state(cwd: Path | None = None) -> dict[str, Any]:

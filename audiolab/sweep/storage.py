@@ -23,8 +23,8 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from audiolab.locks import file_lock
-from audiolab.runs.loggers import redact
+from audiolab.common.locks import file_lock
+from audiolab.common.secrets import redact
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
-from audiolab.runs.loggers import redact
+from audiolab.common.secrets import redact
 from audiolab.sweep import STUDY_ENV, TRIAL_ENV
 from audiolab.sweep.space import SearchSpace, parse_search_space
 from audiolab.sweep.storage import display_url, storage_lock, storage_url

@@ -1,10 +1,10 @@
 """Phase 2 of two-phase training: a discriminator, its optimizer, and the losses that use it.
 
-From `trainer.phase1_steps` on, the loop builds an `AdversarialStage` and, every `trainer.d_every`-th
+From `recipe.phase1_steps` on, recipe=vae_gan builds an `AdversarialStage` and, every `recipe.d_every`-th
 step, updates the discriminator instead of the generator (RAVE v2: 1 step in 4). The generator's
 steps add the weighted `adversarial` and `feature_matching` terms of `loss.terms`.
 
-Discriminators see mono audio: channels are folded into the batch. With `trainer.d_concat=true`
+Discriminators see mono audio: channels are folded into the batch. With `recipe.d_concat=true`
 real and generated audio go through the discriminator as one batch and every feature map is split
 afterwards; `false` runs it twice. Both give the same losses (no layer mixes examples of a batch);
 `benchmarks/bench_vae.py` measures which is faster.
@@ -20,9 +20,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from audiolab.losses.adversarial import AdversarialLoss, Features
+from audiolab.losses.adversarial import Features
 from audiolab.losses.composite import WeightedLoss
+from audiolab.losses.kinds import LossKind, loss_kind
 from audiolab.models.discriminators import split_features
+from audiolab.optim.build import load_optimizer_state
+from audiolab.train.device import autocast
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +38,6 @@ def beta_at(step: int, warmup_steps: int, start: float, end: float) -> float:
     return math.exp(math.log(start) + t * (math.log(end) - math.log(start)))
 
 
-def phase2_start(trainer: DictConfig, has_discriminator: bool) -> int | None:
-    """The first step of phase 2, or None when there is no phase 2 (no discriminator configured)."""
-    if not has_discriminator:
-        return None
-    phase1 = trainer.get("phase1_steps")
-    return int(trainer.max_steps) // 2 if phase1 is None else int(phase1)
-
-
 class AdversarialStage:
     """The discriminator with its optimizer, and the adversarial / feature-matching terms with their weights."""
 
@@ -53,7 +48,7 @@ class AdversarialStage:
         self.concat = concat
         # Every discriminator-based term of loss.terms with its weight; the adversarial one also trains D.
         self.gan_terms = {name: (term, loss_fn.weights[name]) for name, term in loss_fn.gan_terms.items()}
-        self.adversarial = next((t for t, _ in self.gan_terms.values() if isinstance(t, AdversarialLoss)), None)
+        self.adversarial = next((t for t, _ in self.gan_terms.values() if loss_kind(t) is LossKind.ADVERSARIAL), None)
         if self.adversarial is None:
             raise ValueError("a discriminator needs an adversarial loss term: use loss=rave or loss=dac_gan, or add "
                              "loss.terms.adversarial={_target_: audiolab.losses.adversarial.AdversarialLoss, "
@@ -75,7 +70,7 @@ class AdversarialStage:
                            ) -> dict[str, float]:
         """Gradients of the discriminator's loss on real and (detached) generated audio; the caller steps."""
         self.discriminator.train()
-        with torch.autocast(real.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with autocast(real.device, amp):
             real_f, fake_f = self.features(real.float(), fake.detach().float())
         loss = self.adversarial.discriminator_loss(real_f, fake_f)
         self.optimizer.zero_grad(set_to_none=True)
@@ -91,7 +86,7 @@ class AdversarialStage:
         for p in self.discriminator.parameters():  # gradients flow through the discriminator, not into it
             p.requires_grad_(False)
         try:
-            with torch.autocast(real.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            with autocast(real.device, amp):
                 real_f, fake_f = self.features(real.detach().float(), fake.float())
         finally:
             for p in self.discriminator.parameters():
@@ -100,7 +95,7 @@ class AdversarialStage:
         total = fake.new_zeros((), dtype=torch.float32)
         for name, (term, weight) in self.gan_terms.items():
             if weight:
-                terms[name] = term(fake_f) if isinstance(term, AdversarialLoss) else term(real_f, fake_f)
+                terms[name] = term(fake_f) if loss_kind(term) is LossKind.ADVERSARIAL else term(real_f, fake_f)
                 total = total + weight * terms[name]
         return total, terms
 
@@ -124,8 +119,6 @@ class AdversarialStage:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Undo `state_dict`."""
-        from audiolab.optim.build import load_optimizer_state
-
         self.discriminator.load_state_dict(state["model"])
         load_optimizer_state(self.optimizer, state["optimizer"])
 

@@ -33,3 +33,9 @@ def peak_memory_gib(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def autocast(device: torch.device | str, amp: torch.dtype | None) -> torch.autocast:
+    """Mixed precision for a forward pass: `amp` autocast on `device`, or off when amp is None."""
+    device_type = device if isinstance(device, str) else device.type
+    return torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None)

@@ -1,0 +1,27 @@
+"""Configs saved by older audiolab versions, brought to today's layout (for resume, reproduce and evaluate)."""
+
+from __future__ import annotations
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from audiolab.config.schema import SupervisedRecipeConfig, VaeGanRecipeConfig
+from audiolab.models.base import AudioModel
+
+# Before the `recipe` group, two-phase training's keys lived in the trainer section.
+_TWO_PHASE_KEYS = ("phase1_steps", "beta_warmup_steps", "beta_start", "beta_end", "d_every", "d_concat")
+
+
+def upgrade_config(cfg: DictConfig) -> DictConfig:
+    """A copy of a saved, resolved config in today's layout (unchanged when it already is)."""
+    if "recipe" in cfg or "trainer" not in cfg:
+        return cfg
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    moved = {k: cfg.trainer.pop(k) for k in _TWO_PHASE_KEYS if k in cfg.trainer}
+    # The old loop weighted a KL whenever the model returned one, and had phase 2 whenever a discriminator was set.
+    model = get_class(str(cfg.model._target_))
+    if cfg.get("discriminator") or (issubclass(model, AudioModel) and model.variational):
+        cfg.recipe = {"_target_": VaeGanRecipeConfig._target_, **moved}
+    else:
+        cfg.recipe = {"_target_": SupervisedRecipeConfig._target_}
+    return cfg

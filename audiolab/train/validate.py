@@ -1,0 +1,84 @@
+"""Validation: fixed crops, their degraded inputs and targets, and the fixed `val/spec_loss`.
+
+The crops and degradations are the same in every run of a dataset and task, so any two runs'
+`val/spec_loss` are comparable whatever they trained on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from audiolab.data.clips import AudioData, fixed_crops
+from audiolab.metrics.spectral import SpecDistance
+from audiolab.models.base import AudioModel
+from audiolab.tasks.autoencode import active_dimensions
+from audiolab.train.device import autocast
+
+
+class Validator:
+    """Fixed validation crops, their degraded inputs and targets, and the fixed `val/spec_loss`."""
+
+    def __init__(self, data: AudioData, task: Any, device: torch.device, n_samples: int) -> None:
+        crops = fixed_crops(data.val, data.segment, data.val_max_crops)
+        if not crops:
+            raise ValueError(f"the validation split has no clip of at least one segment ({data.segment} samples)")
+        clean = torch.from_numpy(np.stack([data.val.crop(c, s, data.segment) for c, s in crops])).to(device)
+        pairs = [task.validation_pair(clean[i:i + data.batch_size], i)
+                 for i in range(0, len(clean), data.batch_size)]
+        self.inputs = torch.cat([p[0] for p in pairs])
+        self.targets = torch.cat([p[1] for p in pairs])
+        self.batch_size = data.batch_size
+        self.sample_rate = data.sample_rate
+        self.distance = SpecDistance().to(device)
+        # Sample clips spread over the validation set, the same in every run.
+        self.sample_index = np.linspace(0, len(crops) - 1, n_samples).round().astype(int).tolist() if n_samples else []
+        self.baseline = self.mean_distance(self.inputs) if task.has_input_baseline else None
+        # Without a do-nothing baseline (autoencoding), silence is the fixed reference instead.
+        self.silence = None if task.has_input_baseline else self.mean_distance(torch.zeros_like(self.targets))
+        self.active_threshold = float(getattr(task, "active_threshold", 0.01))
+
+    def mean_distance(self, outputs: torch.Tensor) -> float:
+        """Crop-weighted mean of the fixed spectral distance between outputs and targets."""
+        total = 0.0
+        for i in range(0, len(outputs), self.batch_size):
+            out, tgt = outputs[i:i + self.batch_size], self.targets[i:i + self.batch_size]
+            total += float(self.distance(out, tgt)) * len(out)
+        return total / len(outputs)
+
+    @torch.no_grad()
+    def run(self, model: AudioModel, amp: torch.dtype | None) -> tuple[dict[str, float], torch.Tensor]:
+        """Validate in eval mode (then restore train mode); return metrics and all outputs."""
+        was_training = model.training
+        model.eval()
+        try:
+            outputs, kls, latents = [], [], []
+            for i in range(0, len(self.inputs), self.batch_size):
+                batch = self.inputs[i:i + self.batch_size]
+                with autocast(self.inputs.device, amp):
+                    out, stats = model.forward_with_stats(batch)
+                outputs.append(out.float())
+                if "kl" in stats:
+                    kls.append(float(stats["kl"]) * len(batch))
+                    latents.append(stats["latent"].float())
+            outputs = torch.cat(outputs)
+        finally:
+            model.train(was_training)
+        metrics = {"val/spec_loss": self.mean_distance(outputs)}
+        if self.baseline is not None:
+            metrics["val/spec_loss_input"] = self.baseline
+            metrics["val/improvement"] = 1.0 - metrics["val/spec_loss"] / self.baseline
+        if self.silence is not None:
+            metrics["val/spec_loss_silence"] = self.silence
+        if kls:
+            metrics["val/kl"] = sum(kls) / len(outputs)
+            metrics["val/active_dims"] = float(active_dimensions(torch.cat(latents), self.active_threshold))
+        return metrics, outputs
+
+    def sample_clips(self, outputs: torch.Tensor) -> dict[str, list[np.ndarray]]:
+        """input/output/target audio of the fixed sample clips, as numpy arrays (no input when it is the target)."""
+        roles = (("input", self.inputs),) if self.baseline is not None else ()
+        return {role: [t[i].detach().cpu().float().numpy() for i in self.sample_index]
+                for role, t in (*roles, ("output", outputs), ("target", self.targets))}
