@@ -32,8 +32,10 @@ dashboard: $(STAMP)
 	$(UV) sync --locked --extra dev --extra dashboard
 	$(VENV)/bin/optuna-dashboard "$(STORAGE)" --host 127.0.0.1 --port 8080
 
+# ruff, and import-linter's layers contract (pyproject.toml [tool.importlinter]).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest-status .pytest_cache .ruff_cache
