@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from audiolab.config import ConfigError, validate_config
@@ -90,3 +91,24 @@ def test_cli_bad_values_exit_nonzero_and_leave_no_run_dir(override: str, key: st
 def test_folder_data_without_a_path_names_the_key(run_tiny) -> None:
     with pytest.raises(ConfigError, match=r"data.path must be set"):
         run_tiny("data=folder")
+
+
+def test_schemas_hold_types_and_the_yaml_holds_every_value() -> None:
+    """Each trainer, recipe, data and task value is written once: in conf/, never again as a schema default."""
+    import dataclasses
+
+    from omegaconf import MISSING
+
+    from audiolab.config import schema
+
+    identity = {"_target_", "cache_dir"}  # which class a section builds; where caches go (not a tunable value)
+    for cls in (schema.TrainerConfig, schema.SupervisedRecipeConfig, schema.VaeGanRecipeConfig,
+                schema.SynthDataConfig, schema.FolderDataConfig, schema.RestoreTaskConfig,
+                schema.AutoencodeTaskConfig):
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.name not in identity
+                    and (f.default != MISSING or f.default_factory is not dataclasses.MISSING)}
+        assert defaults == {}, (cls.__name__, defaults)
+    for option in ("trainer=default", "recipe=vae_gan", "data=synth", "task=restore", "task=autoencode"):
+        cfg = compose_config([option])
+        group = option.split("=")[0]
+        assert not OmegaConf.missing_keys(cfg[group]), option

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_pqmf_vae import SMALL_RAVE_D, VAE
 
 from audiolab.runs.record import read_metrics
 from audiolab.runs.session import RESOLVED_CONFIG, load_resolved_config, run_training
 from audiolab.train.checkpoint import load_checkpoint, save_checkpoint
 from audiolab.train.state import FORMAT, checkpoint_step, inference_weights, upgrade
-from test_pqmf_vae import SMALL_RAVE_D, VAE
 
 # The keys of the two-phase recipe, which lived in the trainer section before the recipe group.
 RECIPE_KEYS = ("phase1_steps", "beta_warmup_steps", "beta_start", "beta_end", "d_every", "d_concat")

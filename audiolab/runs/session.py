@@ -30,7 +30,7 @@ from audiolab.config.upgrade import upgrade_config
 from audiolab.runs.hooks import EmbeddingMetricsHook, RecordHook, SamplesHook, TrackerHook, Trial, TrialHook
 from audiolab.runs.loggers import NullLogger
 from audiolab.runs.record import RunRecord, git_state, now_iso
-from audiolab.train.hooks import CheckpointHook, ConsoleHook, Hook, RunEnd, StepCallback, TrainResult
+from audiolab.train.hooks import CheckpointHook, ConsoleHook, Hook, Hooks, RunEnd, StepCallback, TrainResult
 from audiolab.train.recipes.base import NonFiniteLossError
 from audiolab.train.trainer import train
 
@@ -118,8 +118,7 @@ def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_
                  f" (study {trial.study_name}, trial {trial.number})" if trial is not None else "")
         hooks = _run_hooks(cfg, run_dir, record, meta, trial, after_step)
         end, raised = _train_to_end(cfg, run_dir, hooks, resume)
-        for hook in hooks:
-            hook.on_end(end)
+        Hooks(hooks).on_end(end)  # one pass: each hook records its own part of how the run ended
         _log_end(run_dir.name, end)
         if end.status == "interrupted":
             raise RunInterrupted(end.signal or signal.SIGINT, run_dir) from raised
