@@ -2,7 +2,7 @@
 
 The loop tells every hook the same events, in list order:
 - `on_start(training)`: built and restored, about to train;
-- `on_step(state)`: after every step;
+- `on_step(state)`: at the end of every step, after its log line and validation;
 - `on_log(step, figures)`: every trainer.log_every steps;
 - `on_validation(training, validation)`: after each validation; returning True stops the run as pruned;
 - `on_end(end)`: once, however the run ended (completed, interrupted, pruned or failed).
@@ -83,7 +83,7 @@ class Hook:
         """Training is built (and restored); the first step is next."""
 
     def on_step(self, state: TrainState) -> None:
-        """A step has finished (`state.step` counts it)."""
+        """A step has finished, with its log line and validation (`state.step` counts it)."""
 
     def on_log(self, step: int, figures: dict[str, float]) -> None:
         """The train/ and perf/ figures of a logged step."""

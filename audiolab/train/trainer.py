@@ -55,22 +55,27 @@ class Training:
 
     @property
     def max_steps(self) -> int:
+        """The step training stops at."""
         return int(self.cfg.trainer.max_steps)
 
     @property
     def log_every(self) -> int:
+        """Steps between train/ lines."""
         return int(self.cfg.trainer.log_every)
 
     @property
     def val_every(self) -> int:
+        """Steps between validations."""
         return int(self.cfg.trainer.val_every)
 
     @property
     def audio_seconds_per_step(self) -> float:
+        """Seconds of audio in one batch."""
         return self.data.batch_size * self.data.segment / self.data.sample_rate
 
     @property
     def n_parameters(self) -> int:
+        """The model's parameter count."""
         return sum(p.numel() for p in self.state.model.parameters())
 
 
@@ -122,13 +127,13 @@ def build_training(cfg: DictConfig) -> Training:
     grad_clip = float(cfg.optim.grad_clip) if cfg.optim.get("grad_clip") else math.inf
     recipe = build_recipe(cfg.recipe, RecipeParts(loss, device, amp, grad_clip, int(trainer.max_steps),
                                                   cfg.get("discriminator") or None))
-    n_parameters = sum(p.numel() for p in model.parameters())
+    training = Training(cfg, device, amp, state, recipe, data, task, augment, validator)
     log.info("model %s: %s parameters (%.2f M) on %s%s", cfg.model._target_.rsplit(".", 1)[-1],
-             f"{n_parameters:,}", n_parameters / 1e6, device, f", {amp} autocast" if amp else "")
+             f"{training.n_parameters:,}", training.n_parameters / 1e6, device, f", {amp} autocast" if amp else "")
     if augment:
         log.info("augmentations: %s", augment.describe())
     recipe.setup(state)
-    return Training(cfg, device, amp, state, recipe, data, task, augment, validator)
+    return training
 
 
 def train(cfg: DictConfig, run_dir: Path, hooks: Sequence[Hook] = (), resume: bool = False) -> TrainResult:
