@@ -112,3 +112,13 @@ def test_schemas_hold_types_and_the_yaml_holds_every_value() -> None:
         cfg = compose_config([option])
         group = option.split("=")[0]
         assert not OmegaConf.missing_keys(cfg[group]), option
+
+
+def test_targets_are_imported_not_built_and_a_bad_one_names_its_key() -> None:
+    """A loss term may name a function; a target that cannot be imported is a ConfigError naming the key."""
+    cfg = compose_config(["loss=mrstft_l1", "loss.terms.l1._target_=torch.nn.functional.l1_loss"])
+    validate_config(cfg)
+    with pytest.raises(ConfigError, match=r"loss\.terms\.l1\._target_='torch\.nn\.NoSuchLoss' cannot be imported"):
+        validate_config(compose_config(["loss=mrstft_l1", "loss.terms.l1._target_=torch.nn.NoSuchLoss"]))
+    with pytest.raises(ConfigError, match=r"model\._target_='audiolab\.models\.nope\.Net' cannot be imported"):
+        validate_config(compose_config(["model._target_=audiolab.models.nope.Net"]))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.utils import get_class
+from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -207,13 +207,10 @@ def _typed(section: str, node: DictConfig) -> Any:
 def _imported(key: str, target: str) -> type | None:
     """The class `target` names (None when it names a function); ConfigError naming `key` when it cannot be imported."""
     try:
-        return get_class(target)
-    except ValueError as err:
-        if "is not a type" in str(err) or "not a class" in str(err):
-            return None
-        raise ConfigError(f"{key}={target!r} cannot be imported: {err}") from None
-    except ImportError as err:
-        raise ConfigError(f"{key}={target!r} cannot be imported: {err}") from None
+        found = get_object(target)
+    except (ImportError, ValueError) as err:
+        raise ConfigError(f"{key}={target!r} cannot be imported: {str(err).splitlines()[0]}") from None
+    return found if isinstance(found, type) else None
 
 
 def _need(ok: bool, key: str, value: Any, allowed: str) -> None:

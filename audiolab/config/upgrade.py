@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hydra.utils import get_class
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from audiolab.config.schema import SupervisedRecipeConfig, VaeGanRecipeConfig
@@ -19,8 +19,9 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     moved = {k: cfg.trainer.pop(k) for k in _TWO_PHASE_KEYS if k in cfg.trainer}
     # The old loop weighted a KL whenever the model returned one, and had phase 2 whenever a discriminator was set.
-    model = get_class(str(cfg.model._target_))
-    if cfg.get("discriminator") or (issubclass(model, AudioModel) and model.variational):
+    model = get_object(str(cfg.model._target_))
+    variational = isinstance(model, type) and issubclass(model, AudioModel) and model.variational
+    if cfg.get("discriminator") or variational:
         cfg.recipe = {"_target_": VaeGanRecipeConfig._target_, **moved}
     else:
         cfg.recipe = {"_target_": SupervisedRecipeConfig._target_}
