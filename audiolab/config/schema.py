@@ -20,7 +20,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from audiolab.losses.kinds import LossKind, loss_kind
 from audiolab.metrics.spectral import SPEC_FFT_SIZES
-from audiolab.models.base import AudioModel, hop_length_of
+from audiolab.models.base import AudioModel, audio_channels_of, hop_length_of
 
 
 class ConfigError(ValueError):
@@ -228,7 +228,8 @@ def validate_config(cfg: DictConfig) -> None:
     _check_trainer(_typed("trainer", cfg.trainer))
     _typed("task", cfg.task)
     model_cls = _imported("model._target_", str(cfg.model._target_))
-    _check_data(cfg, _typed("data", cfg.data) or cfg.data, hop_length_of(cfg.model) if model_cls else None)
+    _check_data(cfg, _typed("data", cfg.data) or cfg.data, hop_length_of(cfg.model) if model_cls else None,
+                audio_channels_of(cfg.model) if model_cls else None)
     if "metrics" in cfg:
         validate_metrics(cfg.metrics)
     _check_task(cfg.task)
@@ -252,7 +253,7 @@ def _check_trainer(trainer: TrainerConfig) -> None:
           "trainer.device", trainer.device, "auto, cpu, cuda or cuda:N")
 
 
-def _check_data(cfg: DictConfig, data: Any, hop_length: int | None) -> None:
+def _check_data(cfg: DictConfig, data: Any, hop_length: int | None, audio: int | None) -> None:
     _need(data.sample_rate >= 8000, "data.sample_rate", data.sample_rate, ">= 8000")
     _need(data.segment >= 1, "data.segment", data.segment, ">= 1")
     _need(data.batch_size >= 1, "data.batch_size", data.batch_size, ">= 1")
@@ -283,14 +284,13 @@ def _check_data(cfg: DictConfig, data: Any, hop_length: int | None) -> None:
               "none, peak or loudness")
         _need(data.prepare_workers >= 0, "data.prepare_workers", data.prepare_workers, ">= 0 (0: one per core)")
         _need(bool(data.extensions), "data.extensions", data.extensions, "a non-empty list")
-    model_channels = cfg.model.get("channels")
     data_channels = data.get("channels", 1) if isinstance(data, DictConfig) else getattr(data, "channels", 1)
-    if model_channels is not None:
-        key, audio = ("model.channels", model_channels) if isinstance(model_channels, int) else (
-            "model.channels[0]", model_channels[0])
-        if int(audio) != int(data_channels):
-            raise ConfigError(f"{key}={audio} does not match data.channels={data_channels}: "
-                              "the model's input must have the dataset's channel count")
+    if audio is not None and audio != int(data_channels):
+        channels = cfg.model.channels
+        key, value = ("model.channels", channels) if isinstance(channels, int) else ("model.channels[0]", channels[0])
+        takes = "" if value == audio else f" ({audio}-channel audio)"
+        raise ConfigError(f"{key}={value}{takes} does not match data.channels={data_channels}: "
+                          "the model's input must have the dataset's channel count")
 
 
 def _check_task(task: DictConfig) -> None:

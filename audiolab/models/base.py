@@ -26,6 +26,13 @@ class AudioModel(nn.Module):
         """The hop a model built with these constructor arguments would have."""
         return 1
 
+    @classmethod
+    def audio_channels_for(cls, channels: int | list[int] | None = None, **_: Any) -> int | None:
+        """The audio channel count a model built with these arguments takes (`channels`, or its first entry)."""
+        if channels is None:
+            return None
+        return int(channels) if isinstance(channels, int) else int(channels[0])
+
     @property
     def hop_length(self) -> int:
         """Audio samples per frame at the model's coarsest resolution; input lengths are multiples of it."""
@@ -49,10 +56,18 @@ def model_class(model_cfg: DictConfig) -> type:
     return get_class(str(model_cfg._target_))
 
 
+def _model_kwargs(model_cfg: DictConfig) -> tuple[type, dict[str, Any]]:
+    kwargs = OmegaConf.to_container(model_cfg, resolve=True)
+    return model_class(model_cfg), {k: v for k, v in kwargs.items() if not k.startswith("_")}
+
+
 def hop_length_of(model_cfg: DictConfig) -> int | None:
     """The hop of the configured model, from its config alone (None for a model that is not an AudioModel)."""
-    cls = model_class(model_cfg)
-    if not issubclass(cls, AudioModel):
-        return None
-    kwargs = OmegaConf.to_container(model_cfg, resolve=True)
-    return cls.hop_for(**{k: v for k, v in kwargs.items() if not k.startswith("_")})
+    cls, kwargs = _model_kwargs(model_cfg)
+    return cls.hop_for(**kwargs) if issubclass(cls, AudioModel) else None
+
+
+def audio_channels_of(model_cfg: DictConfig) -> int | None:
+    """The audio channel count of the configured model, from its config alone (None when it does not say)."""
+    cls, kwargs = _model_kwargs(model_cfg)
+    return cls.audio_channels_for(**kwargs) if issubclass(cls, AudioModel) else None
