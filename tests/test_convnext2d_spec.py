@@ -84,3 +84,11 @@ def test_trains_and_resumes_bitwise_on_cpu(interrupted_and_full) -> None:
         assert torch.equal(tensor, cut["model"][name]), name
     losses = [m["train/loss"] for m in read_metrics(full_dir) if "train/loss" in m]
     assert len(losses) == 6 and losses[-1] != losses[0]  # it trained
+
+
+def test_without_predict_residual_the_output_is_the_networks_own() -> None:
+    torch.manual_seed(0)
+    model = ConvNeXtUNet2dSpec(**TINY, predict_residual=False)
+    x = torch.randn(2, 1, 1000)
+    y = model(x)
+    assert y.shape == x.shape and not torch.allclose(y, x, atol=1e-3)

@@ -21,7 +21,7 @@ from audiolab.train.adversarial import AdversarialStage, beta_at
 from audiolab.train.checkpoint import load_checkpoint
 from conftest import compose_config
 
-VAE = ["model=pqmf_vae_small", "task=autoencode"]
+VAE = ["experiment=rave_v2_small"]  # model=pqmf_vae_small trained the RAVE v2 way
 # The smallest discriminator of each kind that still has every sub-discriminator type (fast on CPU).
 SMALL_RAVE_D = ["discriminator.model.capacity=2"]
 
@@ -293,3 +293,53 @@ def test_heavyball_optimizers_keep_the_frozen_encoder_bitwise(run_tiny, outputs:
     assert any(not torch.equal(snapshots[1][k], snapshots[2][k]) for k in encoder)  # it trained in phase 1
     assert all(torch.equal(snapshots[2][k], snapshots[4][k]) for k in encoder)
     assert any(not torch.equal(snapshots[3][k], snapshots[4][k]) for k in snapshots[2] if k.startswith("decoder."))
+
+
+def test_adain_is_the_identity_in_training_and_transfers_statistics_in_eval() -> None:
+    from audiolab.models.pqmf_vae import AdaIN
+
+    layer = AdaIN(3)
+    torch.manual_seed(0)
+    style = torch.randn(2, 3, 500) * torch.tensor([2.0, 0.5, 1.0])[:, None] + torch.tensor([1.0, -1.0, 0.0])[:, None]
+    source = torch.randn(2, 3, 500)
+    assert torch.equal(layer(source), source)  # training mode
+    layer.eval()
+    assert torch.equal(layer(source), source)  # nothing learned yet
+    layer.mode = "target"
+    assert torch.equal(layer(style), style)
+    layer.mode = "source"
+    layer(source)
+    layer.mode = "off"
+    moved = layer(source)
+    torch.testing.assert_close(moved.mean((0, 2)), style.mean((0, 2)), atol=0.05, rtol=0.05)
+    torch.testing.assert_close(moved.std(-1).mean(0), style.std(-1).mean(0), atol=0.05, rtol=0.05)
+    layer.reset()
+    assert torch.equal(layer(source), source)
+
+
+def test_rave_v3_model_has_snake_and_an_adain_before_every_residual_unit() -> None:
+    from audiolab.models.pqmf_vae import AdaIN, DilatedUnit, Snake
+
+    model = tiny_vae(activation="snake", adain=True)
+    units = sum(isinstance(m, DilatedUnit) for m in model.modules())
+    assert sum(isinstance(m, AdaIN) for m in model.modules()) == units > 0
+    assert any(isinstance(m, Snake) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.LeakyReLU) for m in model.modules())
+    assert model.set_adain_mode("target") == units
+    x = torch.randn(1, 1, 4096)
+    model.eval()
+    model(x * 3)  # learns target statistics in every AdaIN
+    model.set_adain_mode("source")
+    model(x)
+    model.set_adain_mode("off")
+    transferred = model(x)
+    model.train()  # training ignores the learned statistics entirely
+    torch.manual_seed(0)
+    learned = model(x)
+    for layer in model.modules():
+        if isinstance(layer, AdaIN):
+            layer.reset()
+    torch.manual_seed(0)
+    assert torch.equal(model(x), learned)
+    model.eval()
+    assert not torch.allclose(model(x), transferred)

@@ -14,8 +14,10 @@ Representation: real and imaginary parts as channels rather than a complex mask,
 rescale and rotate the bins that are there, while the task has to put back energy the pitch shift smeared
 away (the low-passed top, transients); the phase is then learned as part of the correction.
 
-The correction is added in the waveform domain, and the last layer starts at zero, so the untrained model is
-exactly the identity (not STFT -> iSTFT, which is only equal to float precision). Any input length works: the
+With `predict_residual` (the default) the network's output is a correction, added in the waveform domain, and
+its last layer starts at zero, so the untrained model is exactly the identity (not STFT -> iSTFT, which is
+only equal to float precision). Without it, the inverse STFT of the network's output is the output itself:
+the research log's original setup, which output21 replaced by "estimate the difference". Any input length works: the
 audio is zero-padded to a multiple of `hop_length` and the output is cropped back, as in the 1-D model. The
 Nyquist bin and the last frame of the centred STFT get no correction.
 """
@@ -72,6 +74,7 @@ class ConvNeXtUNet2dSpec(AudioModel):
         n_fft: int = 1024,
         kernel_size: int = 7,
         expansion: int = 4,
+        predict_residual: bool = True,
         dropout: float = 0.0,
         init: str = "default",
     ) -> None:
@@ -97,6 +100,7 @@ class ConvNeXtUNet2dSpec(AudioModel):
             raise ValueError(f"init must be one of {sorted(INITS)}, got {init!r}")
         self.channels, self.blocks, self.factors, self.time_factors = channels, blocks, factors, time_factors
         self.audio_channels = channels[0] // 2
+        self.predict_residual = predict_residual
         self.n_fft, self.stft_hop = int(n_fft), int(n_fft) // 4
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
 
@@ -117,8 +121,9 @@ class ConvNeXtUNet2dSpec(AudioModel):
                     INITS[init](module.weight)
                     if module.bias is not None:
                         nn.init.zeros_(module.bias)
-        for p in self.up[0].parameters():  # a zero correction: the untrained model is the identity
-            nn.init.zeros_(p)
+        if predict_residual:
+            for p in self.up[0].parameters():  # a zero correction: the untrained model is the identity
+                nn.init.zeros_(p)
 
     @classmethod
     def hop_for(cls, factors: Sequence[int] = (), n_fft: int = 1024, time_factors: Sequence[int] | None = None,
@@ -175,5 +180,5 @@ class ConvNeXtUNet2dSpec(AudioModel):
             if i > 0:
                 h = h + skips[i - 1]
         with torch.autocast(x.device.type, enabled=False):
-            correction = self._waveform(h, padded.shape[-1])
-        return x + correction[..., :t].to(x.dtype)
+            y = self._waveform(h, padded.shape[-1])[..., :t].to(x.dtype)
+        return x + y if self.predict_residual else y

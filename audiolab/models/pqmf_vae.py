@@ -53,6 +53,58 @@ class Snake(nn.Module):
         return x + (self.alpha + 1e-9).reciprocal() * (self.alpha * x).sin().pow(2)
 
 
+class AdaIN(nn.Module):
+    """RAVE v3's adaptive instance normalisation (`blocks.AdaptiveInstanceNormalization`): timbre transfer.
+
+    It is the identity in training and, until it has learned statistics, in eval mode too; so it changes
+    nothing about how a model trains. For transfer at inference, set `mode` to "target" and run audio of the
+    wanted timbre through the model (eval mode): each channel's mean and std over time are averaged into the
+    target statistics. Then do the same with mode "source" on the audio to be converted. With both learned,
+    each channel is normalised by the source's statistics and given the target's (mode "off" keeps the
+    statistics and only applies them). RAVE keeps one set of statistics per batch slot (up to cached_conv's
+    MAX_BATCH_SIZE); here they are averaged over the batch, so any batch size works. They are buffers, saved
+    with the weights.
+    """
+
+    MODES = ("off", "source", "target")
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.mode = "off"
+        for side in ("source", "target"):
+            self.register_buffer(f"{side}_mean", torch.zeros(channels, 1))
+            self.register_buffer(f"{side}_std", torch.ones(channels, 1))
+            self.register_buffer(f"{side}_count", torch.zeros(()))
+
+    def reset(self) -> None:
+        """Forget both sides' statistics."""
+        for side in ("source", "target"):
+            getattr(self, f"{side}_mean").zero_()
+            getattr(self, f"{side}_std").fill_(1.0)
+            getattr(self, f"{side}_count").zero_()
+
+    def _learn(self, side: str, x: torch.Tensor) -> None:
+        count = getattr(self, f"{side}_count")
+        for name, value in (("mean", x.mean(-1, keepdim=True)), ("std", x.std(-1, keepdim=True))):
+            stat = getattr(self, f"{side}_{name}")
+            stat += (value.float().mean(0) - stat) / (count + 1)  # running average over calls
+        count += 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T) -> (B, C, T): the identity unless both statistics are learned (eval mode only)."""
+        if self.training:
+            return x
+        if self.mode not in self.MODES:
+            raise ValueError(f"AdaIN mode {self.mode!r}: allowed {', '.join(self.MODES)}")
+        if self.mode != "off":
+            self._learn(self.mode, x.detach())
+            return x
+        if self.source_count > 0 and self.target_count > 0:
+            x = (x - self.source_mean) / (self.source_std + 1e-5)
+            return (x * self.target_std + self.target_mean).to(x.dtype)
+        return x
+
+
 def make_activation(name: str, channels: int) -> nn.Module:
     """LeakyReLU(0.2) (RAVE's default) or Snake."""
     if name == "leaky_relu":
@@ -60,6 +112,16 @@ def make_activation(name: str, channels: int) -> nn.Module:
     if name == "snake":
         return Snake(channels)
     raise ValueError(f"model.activation={name!r}: allowed leaky_relu, snake")
+
+
+def _dilated_units(channels: int, kernel: int, dilations: Sequence[int], activation: str, norm: bool,
+                   adain: bool) -> list[nn.Module]:
+    """One level's residual dilated units, each after an AdaIN when `adain` (as RAVE v3's adain.gin places them)."""
+    units: list[nn.Module] = []
+    for d in dilations:
+        units += [AdaIN(channels)] if adain else []
+        units.append(DilatedUnit(channels, kernel, d, activation, norm))
+    return units
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, dilation: int = 1, norm: bool = True) -> nn.Conv1d:
@@ -135,12 +197,12 @@ class Encoder(nn.Module):
     """Band signals (B, C*M, T/M) -> mean and scale (B, 2 * latent, T / hop)."""
 
     def __init__(self, in_channels: int, capacity: int, ratios: Sequence[int], latent_size: int, kernel_size: int,
-                 dilations: list[list[int]], activation: str, norm: bool) -> None:
+                 dilations: list[list[int]], activation: str, norm: bool, adain: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = [_conv(in_channels, capacity, 2 * kernel_size + 1, norm=norm)]
         channels = capacity
         for ratio, level in zip(ratios, dilations, strict=True):
-            layers += [DilatedUnit(channels, kernel_size, d, activation, norm) for d in level]
+            layers += _dilated_units(channels, kernel_size, level, activation, norm, adain)
             layers.append(Downsample(channels, 2 * channels, ratio, activation, norm))
             channels *= 2
         layers += [make_activation(activation, channels), _conv(channels, 2 * latent_size, kernel_size, norm=norm)]
@@ -206,14 +268,14 @@ class Decoder(nn.Module):
 
     def __init__(self, out_bands: int, capacity: int, ratios: Sequence[int], latent_size: int, kernel_size: int,
                  dilations: list[list[int]], activation: str, norm: bool, noise: bool, noise_hidden: int,
-                 noise_ratios: Sequence[int], noise_bands: int) -> None:
+                 noise_ratios: Sequence[int], noise_bands: int, adain: bool = False) -> None:
         super().__init__()
         channels = capacity * 2 ** len(ratios)
         layers: list[nn.Module] = [_conv(latent_size, channels, kernel_size, norm=norm)]
         for ratio, level in zip(reversed(ratios), reversed(dilations), strict=True):
             layers.append(Upsample(channels, channels // 2, ratio, activation, norm))
             channels //= 2
-            layers += [DilatedUnit(channels, kernel_size, d, activation, norm) for d in level]
+            layers += _dilated_units(channels, kernel_size, level, activation, norm, adain)
         layers.append(make_activation(activation, channels))
         self.net = nn.Sequential(*layers)
         self.waveform = _conv(channels, 2 * out_bands, 2 * kernel_size + 1, norm=norm)  # waveform and amplitude
@@ -245,7 +307,7 @@ class PqmfVAE(AudioModel):
                  ratios: Sequence[int] = (4, 4, 4, 2), latent_size: int = 128, kernel_size: int = 3,
                  dilations: Sequence[Sequence[int]] | Sequence[int] = (1, 3, 9), activation: str = "leaky_relu",
                  weight_norm: bool = True, noise: bool = True, noise_hidden: int = 64,
-                 noise_ratios: Sequence[int] = (2, 2, 2), noise_bands: int = 32) -> None:
+                 noise_ratios: Sequence[int] = (2, 2, 2), noise_bands: int = 32, adain: bool = False) -> None:
         super().__init__()
         ratios = [int(r) for r in ratios]
         if not ratios or any(r < 1 for r in ratios):
@@ -262,9 +324,10 @@ class PqmfVAE(AudioModel):
         self.ratios = ratios
         self.pqmf = PQMF(n_bands, attenuation)
         bands = self.channels * n_bands
-        self.encoder = Encoder(bands, capacity, ratios, latent_size, kernel_size, levels, activation, weight_norm)
+        self.encoder = Encoder(bands, capacity, ratios, latent_size, kernel_size, levels, activation, weight_norm,
+                               adain)
         self.decoder = Decoder(bands, capacity, ratios, latent_size, kernel_size, levels, activation, weight_norm,
-                               noise, noise_hidden, noise_ratios, noise_bands)
+                               noise, noise_hidden, noise_ratios, noise_bands, adain)
         self.encoder_frozen = False
 
     @classmethod
@@ -318,6 +381,15 @@ class PqmfVAE(AudioModel):
         else:
             y = self.decode(mean, self._eval_generator(x.device))
         return y, {"kl": kl, "latent": mean}
+
+    def set_adain_mode(self, mode: str) -> int:
+        """Put every AdaIN layer in `mode` (off | source | target); return how many there are."""
+        layers = [m for m in self.modules() if isinstance(m, AdaIN)]
+        if mode not in AdaIN.MODES:
+            raise ValueError(f"AdaIN mode {mode!r}: allowed {', '.join(AdaIN.MODES)}")
+        for layer in layers:
+            layer.mode = mode
+        return len(layers)
 
     def freeze_encoder(self) -> bool:
         """Phase 2: stop training the encoder (no gradients reach it, so optimizers skip its parameters)."""
