@@ -15,8 +15,12 @@ from audiolab.config.schema import ConfigError
 def _reproduce(args: argparse.Namespace) -> int:
     from audiolab.runs.session import RunFailed, RunInterrupted, reproduce
 
+    if (args.rtol is not None or args.steps is not None) and not args.check:
+        print("audiolab reproduce: --rtol and --steps go with --check", file=sys.stderr)
+        return 2
     try:
-        result = reproduce(args.run, args.overrides, outputs=args.outputs)
+        done = reproduce(args.run, args.overrides, outputs=args.outputs, check=args.check, rtol=args.rtol,
+                         steps=args.steps)
     except (ConfigError, FileNotFoundError) as err:
         print(f"audiolab reproduce: {err}", file=sys.stderr)
         return 2
@@ -24,7 +28,58 @@ def _reproduce(args: argparse.Namespace) -> int:
         return 1
     except RunInterrupted as err:
         return 128 + err.signum
-    return 0 if result.status == "completed" else 1
+    for note in done.notes:
+        print(f"reproduce --check: note: {note}")
+    if done.comparison is not None:
+        print(f"reproduce --check: {done.comparison.verdict_line()}")
+    return 0 if done.ok else 1
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _add_reproduce(commands: Any) -> None:
+    rep = commands.add_parser(
+        "reproduce", help="re-run a numbered run from its saved, resolved config",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Re-run outputNN from its saved config_resolved.yaml in a new numbered directory\n"
+                    "(its run.json: \"reproduces\": NN). Warns first when the code here is not the run's:\n"
+                    "another commit, other uncommitted changes than its code.patch, other untracked files.",
+        epilog="--check compares the re-run's metrics.jsonl with the original's, step by step, perf/* aside, and\n"
+               "prints one verdict line: MATCH (bitwise) or DIFFERS (first differing step and key, both values,\n"
+               "and the largest relative difference per key). Exit status 0 on MATCH, 1 on DIFFERS. The verdict\n"
+               "is recorded in the re-run's run.json under \"check\".\n"
+               "CUDA kernels (and bf16 autocast) are not bitwise deterministic: for runs on CUDA pass a\n"
+               "tolerance, e.g. --rtol 1e-4. On CPU runs reproduce bitwise.\n"
+               "--steps N stops the re-run cleanly after step N (config unchanged, so the learning-rate\n"
+               "schedule is the original's; status interrupted, last.pt saved, run.json \"stopped\") and\n"
+               "compares steps <= N only.\n\n"
+               "examples:\n  audiolab reproduce output12 --check\n"
+               "  audiolab reproduce output12 --check --rtol 1e-4 --steps 200")
+    rep.add_argument("run", help="outputNN, NN, or a path to a run directory")
+    rep.add_argument("overrides", nargs="*", help="key=value overrides applied to the saved config")
+    rep.add_argument("--outputs", default="outputs", help="where numbered runs live (default: outputs)")
+    rep.add_argument("--check", action="store_true",
+                     help="after the re-run, compare its metrics.jsonl with the original's: MATCH (exit 0) or "
+                          "DIFFERS (exit 1)")
+    rep.add_argument("--rtol", type=_non_negative_float, default=None, metavar="R",
+                     help="with --check: values within relative tolerance R count as equal (default: bitwise; "
+                          "on CUDA, which is not bitwise deterministic, use e.g. 1e-4)")
+    rep.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                     help="with --check: stop the re-run cleanly after step N (config unchanged) and compare "
+                          "steps <= N only")
+    rep.set_defaults(func=_reproduce)
 
 
 def _open_study(args: argparse.Namespace) -> tuple[Any, str] | None:
@@ -206,11 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `audiolab` command."""
     parser = argparse.ArgumentParser(prog="audiolab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    rep = commands.add_parser("reproduce", help="re-run a numbered run from its saved, resolved config")
-    rep.add_argument("run", help="outputNN, NN, or a path to a run directory")
-    rep.add_argument("overrides", nargs="*", help="key=value overrides applied to the saved config")
-    rep.add_argument("--outputs", default="outputs", help="where numbered runs live (default: outputs)")
-    rep.set_defaults(func=_reproduce)
+    _add_reproduce(commands)
     _add_sweep(commands)
     _add_data(commands)
     _add_evaluate(commands)

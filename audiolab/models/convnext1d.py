@@ -19,12 +19,17 @@ from torch import nn
 from audiolab.models.base import AudioModel
 
 
-class ConvNeXtBlock1d(nn.Module):
-    """ConvNeXt block: depthwise conv, LayerNorm, inverted-bottleneck MLP, layer scale, residual."""
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt block: depthwise conv, LayerNorm, inverted-bottleneck MLP, layer scale, residual.
 
-    def __init__(self, dim: int, kernel_size: int = 7, expansion: int = 4, dropout: float = 0.0) -> None:
+    `spatial_dims` 1 for waveforms (B, dim, T), 2 for spectrograms (B, dim, F, N).
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 7, expansion: int = 4, dropout: float = 0.0,
+                 spatial_dims: int = 1) -> None:
         super().__init__()
-        self.dwconv = nn.Conv1d(dim, dim, kernel_size, padding="same", groups=dim)
+        conv = {1: nn.Conv1d, 2: nn.Conv2d}[spatial_dims]
+        self.dwconv = conv(dim, dim, kernel_size, padding="same", groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, expansion * dim)
         self.act = nn.GELU()
@@ -34,10 +39,10 @@ class ConvNeXtBlock1d(nn.Module):
         self.gamma = nn.Parameter(torch.full((dim,), 1e-6))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map (B, dim, T) to (B, dim, T)."""
-        y = self.dwconv(x).transpose(1, 2)  # channels-last so LayerNorm and Linear act per time step
+        """Map (B, dim, *spatial) to the same shape."""
+        y = self.dwconv(x).movedim(1, -1)  # channels-last so LayerNorm and Linear act per position
         y = self.pwconv2(self.drop(self.act(self.pwconv1(self.norm(y)))))
-        return x + (self.gamma * y).transpose(1, 2)
+        return x + (self.gamma * y).movedim(-1, 1)
 
 
 def _space_to_depth(x: torch.Tensor, f: int) -> torch.Tensor:
@@ -99,6 +104,21 @@ def _check_positive(name: str, values: Sequence[int]) -> tuple[int, ...]:
     if any(v < 1 for v in vals):
         raise ValueError(f"{name} must all be positive, got {list(vals)}")
     return vals
+
+
+def unet(h: torch.Tensor, down: nn.ModuleList, enc: nn.ModuleList, dec: nn.ModuleList, up: nn.ModuleList
+         ) -> torch.Tensor:
+    """The U-Net pass: per level down then enc; back up with dec then up, adding the skip of each resolution."""
+    skips: list[torch.Tensor] = []
+    for i, (down_i, enc_i) in enumerate(zip(down, enc, strict=True)):
+        if i > 0:
+            skips.append(h)
+        h = enc_i(down_i(h))
+    for i in reversed(range(len(down))):
+        h = up[i](dec[i](h))
+        if i > 0:
+            h = h + skips[i - 1]
+    return h
 
 
 # `model.init`: how conv and linear weights start (PyTorch's own default, or the original TODO's Xavier).
@@ -165,7 +185,7 @@ class ConvNeXtUNet1d(AudioModel):
 
         def stage(i: int) -> nn.Sequential:
             return nn.Sequential(
-                *(ConvNeXtBlock1d(channels[i + 1], kernel_size, expansion, dropout) for _ in range(blocks[i]))
+                *(ConvNeXtBlock(channels[i + 1], kernel_size, expansion, dropout) for _ in range(blocks[i]))
             )
 
         self.down = nn.ModuleList(
@@ -212,14 +232,6 @@ class ConvNeXtUNet1d(AudioModel):
         """Map (B, channels[0], T) to (B, channels[0], T) for any T >= 1."""
         t = x.shape[-1]
         h = F.pad(x, (0, -t % self.hop_length))
-        skips: list[torch.Tensor] = []
-        for i, (down, enc) in enumerate(zip(self.down, self.enc, strict=True)):
-            if i > 0:
-                skips.append(h)
-            h = enc(down(h))
-        for i in reversed(range(len(self.factors))):
-            h = self.up[i](self.dec[i](h))
-            if i > 0:
-                h = h + skips[i - 1]
+        h = unet(h, self.down, self.enc, self.dec, self.up)
         h = h[..., :t]
         return x + h if self.predict_residual else h

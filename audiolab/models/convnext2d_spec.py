@@ -32,27 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audiolab.models.base import AudioModel
-from audiolab.models.convnext1d import INITS, _check_positive
-
-
-class ConvNeXtBlock2d(nn.Module):
-    """ConvNeXt block: depthwise k x k conv, LayerNorm, inverted-bottleneck MLP with GELU, layer scale, residual."""
-
-    def __init__(self, dim: int, kernel_size: int = 7, expansion: int = 4, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding="same", groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, expansion * dim)
-        self.act = nn.GELU()
-        self.drop = nn.Dropout(dropout)
-        self.pwconv2 = nn.Linear(expansion * dim, dim)
-        self.gamma = nn.Parameter(torch.full((dim,), 1e-6))  # each block starts close to the identity
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map (B, dim, F, N) to (B, dim, F, N)."""
-        y = self.dwconv(x).permute(0, 2, 3, 1)  # channels-last: LayerNorm and Linear act per bin and frame
-        y = self.pwconv2(self.drop(self.act(self.pwconv1(self.norm(y)))))
-        return x + (self.gamma * y).permute(0, 3, 1, 2)
+from audiolab.models.convnext1d import INITS, ConvNeXtBlock, _check_positive, unet
 
 
 class ConvNeXtUNet2dSpec(AudioModel):
@@ -105,7 +85,7 @@ class ConvNeXtUNet2dSpec(AudioModel):
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
 
         def stage(i: int) -> nn.Sequential:
-            return nn.Sequential(*(ConvNeXtBlock2d(channels[i + 1], kernel_size, expansion, dropout)
+            return nn.Sequential(*(ConvNeXtBlock(channels[i + 1], kernel_size, expansion, dropout, spatial_dims=2)
                                    for _ in range(blocks[i])))
 
         patches = [(factors[i], time_factors[i]) for i in range(n)]
@@ -170,15 +150,7 @@ class ConvNeXtUNet2dSpec(AudioModel):
         padded = F.pad(x, (0, -t % self.hop_length))
         with torch.autocast(x.device.type, enabled=False):  # the STFT stays fp32 under bf16 autocast
             h = self._spectrum(padded)
-        skips: list[torch.Tensor] = []
-        for i, (down, enc) in enumerate(zip(self.down, self.enc, strict=True)):
-            if i > 0:
-                skips.append(h)
-            h = enc(down(h))
-        for i in reversed(range(len(self.factors))):
-            h = self.up[i](self.dec[i](h))
-            if i > 0:
-                h = h + skips[i - 1]
+        h = unet(h, self.down, self.enc, self.dec, self.up)
         with torch.autocast(x.device.type, enabled=False):
             y = self._waveform(h, padded.shape[-1])[..., :t].to(x.dtype)
         return x + y if self.predict_residual else y

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import platform
 import socket
-import subprocess
 import sys
 from datetime import UTC, datetime
 from importlib import metadata
@@ -15,6 +14,8 @@ from typing import Any
 from audiolab.common.files import atomic_write_text
 from audiolab.common.numbering import parse_number
 from audiolab.common.secrets import redact
+from audiolab.runs.snapshot import git_state as git_state  # re-exported: resume records it
+from audiolab.runs.snapshot import snapshot_code
 
 STATUSES = ("running", "completed", "failed", "interrupted", "pruned")
 
@@ -22,19 +23,6 @@ STATUSES = ("running", "completed", "failed", "interrupted", "pruned")
 def now_iso() -> str:
     """Current UTC time, ISO 8601."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def git_state(cwd: Path | None = None) -> dict[str, Any]:
-    """The current git commit and whether the work tree has uncommitted changes (None outside git)."""
-    where = cwd or Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": dirty}
 
 
 def versions() -> dict[str, str | None]:
@@ -59,7 +47,7 @@ class RunRecord:
 
     @classmethod
     def create(cls, run_dir: Path, **fields: Any) -> RunRecord:
-        """Start a fresh record for a new run."""
+        """Start a fresh record for a new run; a dirty work tree's diff is saved beside it as code.patch."""
         record = cls(run_dir)
         record.data = {
             "number": parse_number(record.dir.name),
@@ -68,7 +56,7 @@ class RunRecord:
             "status": "running",
             "started": now_iso(),
             "ended": None,
-            "git": git_state(),
+            "git": snapshot_code(record.dir),
             "host": socket.gethostname(),
             "argv": redact(list(sys.argv)),
             "versions": versions(),

@@ -3,7 +3,8 @@
 Three ways in, one path through `run_training`:
 - `python run.py ...` (Hydra, single or multirun): Hydra has already claimed `outputs/outputNN`;
 - `python run.py resume=outputs/outputNN`: the saved config of that run, continued in place;
-- `audiolab reproduce outputNN`: the saved config re-run in a new numbered directory.
+- `audiolab reproduce outputNN`: the saved config re-run in a new numbered directory (with `--check`,
+  its metrics.jsonl compared with the original's; with `--steps N`, stopped cleanly after step N).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import shutil
 import signal
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,15 @@ from audiolab.common.secrets import redact
 from audiolab.config.overrides import apply_overrides
 from audiolab.config.schema import validate_config
 from audiolab.config.upgrade import upgrade_config
+from audiolab.runs.compare import Comparison, compare_metrics
 from audiolab.runs.hooks import EmbeddingMetricsHook, RecordHook, SamplesHook, TrackerHook, Trial, TrialHook
 from audiolab.runs.loggers import NullLogger
-from audiolab.runs.record import RunRecord, git_state, now_iso
+from audiolab.runs.record import RunRecord, git_state, now_iso, read_metrics
+from audiolab.runs.snapshot import code_drift
 from audiolab.train.hooks import CheckpointHook, ConsoleHook, Hook, Hooks, RunEnd, StepCallback, TrainResult
 from audiolab.train.recipes.base import NonFiniteLossError
-from audiolab.train.trainer import train
+from audiolab.train.state import TrainState
+from audiolab.train.trainer import Training, train
 
 log = logging.getLogger("audiolab")
 
@@ -49,6 +54,38 @@ class RunInterrupted(Exception):
 
 class RunFailed(Exception):
     """The run failed in a way already recorded in run.json (e.g. a non-finite loss)."""
+
+
+class StopAfterStep(Hook):
+    """Ends a run cleanly after step `step` (`reproduce --check --steps N`), with its config untouched.
+
+    Overriding trainer.max_steps instead would change the learning-rate schedule (and a recipe's phases),
+    so the steps before N would no longer be the original's. The run ends `interrupted` with last.pt
+    saved (resumable to its full length), and run.json says `stopped: {after_step, reason, ...}`.
+    """
+
+    def __init__(self, step: int, record: RunRecord, reason: str) -> None:
+        self.step, self.record, self.reason = int(step), record, reason
+        self.max_steps: int | None = None
+        self.start_step = 0
+        self.stopped_at: int | None = None
+
+    def on_start(self, training: Training) -> None:
+        self.max_steps, self.start_step = training.max_steps, training.state.step
+
+    def on_step(self, state: TrainState) -> bool:
+        if self.step <= state.step < (self.max_steps or 0):
+            self.stopped_at = state.step
+            return True
+        return False
+
+    def on_end(self, end: RunEnd) -> None:
+        if self.stopped_at is None:
+            return
+        log.info("audiolab: %s stopped after step %d of %d (%s)", self.record.dir.name, self.stopped_at,
+                 self.max_steps, self.reason)
+        self.record.update(stopped={"after_step": self.stopped_at, "max_steps": self.max_steps, "reason": self.reason,
+                                    "steps": self.stopped_at - self.start_step})
 
 
 @contextlib.contextmanager
@@ -90,12 +127,13 @@ def load_resolved_config(run_dir: Path) -> DictConfig:
 
 def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_dir: bool = True,
                  meta: dict[str, Any] | None = None, after_step: Callable[[int], None] | None = None,
-                 trial: Trial | None = None) -> TrainResult:
+                 trial: Trial | None = None, stop_after: int | None = None) -> TrainResult:
     """Validate, record and train one run in `run_dir`; raise RunFailed/RunInterrupted on those ends.
 
     A config error removes a freshly made run directory, so no half-made run is left behind. With
     `trial`, the run is a sweep trial: it reports each validation, may be pruned, and tells the
-    study how it ended.
+    study how it ended. With `stop_after=N` the run stops cleanly after step N (before max_steps) and
+    returns a result with status `interrupted` instead of raising.
     """
     run_dir = Path(run_dir)
     try:
@@ -117,9 +155,16 @@ def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_
         log.info("audiolab: %s %s -> %s%s", "resuming" if resume else "run", run_dir.name, run_dir,
                  f" (study {trial.study_name}, trial {trial.number})" if trial is not None else "")
         hooks = _run_hooks(cfg, run_dir, record, meta, trial, after_step)
+        stop = None
+        if stop_after is not None:
+            reason = f"reproduce --check --steps {stop_after}" if "check" in meta else f"stop_after={stop_after}"
+            stop = StopAfterStep(stop_after, record, reason)
+            hooks.append(stop)
         end, raised = _train_to_end(cfg, run_dir, hooks, resume)
         Hooks(hooks).on_end(end)  # one pass: each hook records its own part of how the run ended
         _log_end(run_dir.name, end)
+        if stop is not None and stop.stopped_at is not None and raised is None:
+            return end.result
         if end.status == "interrupted":
             raise RunInterrupted(end.signal or signal.SIGINT, run_dir) from raised
         if isinstance(raised, NonFiniteLossError):
@@ -203,16 +248,86 @@ def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-def reproduce(ref: str, overrides: list[str], outputs: str = "outputs") -> TrainResult:
-    """Re-run a finished run from its saved, resolved config in a new numbered directory."""
+@dataclass
+class Reproduction:
+    """What `reproduce` did: the new run, how it ended and, with check, the verdict."""
+
+    run_dir: Path
+    source: Path
+    result: TrainResult
+    comparison: Comparison | None = None
+    stopped_after: int | None = None  # the step a `--steps N` re-run stopped after
+    notes: list[str] = field(default_factory=list)  # what a reader of the verdict should know
+
+    @property
+    def ok(self) -> bool:
+        """The re-run did what was asked (completed, or stopped where told) and, with check, matched."""
+        ran = self.result.status == "completed" or self.stopped_after is not None
+        return ran and (self.comparison is None or self.comparison.matched)
+
+
+def reproduce(ref: str, overrides: list[str], outputs: str = "outputs", *, check: bool = False,
+              rtol: float | None = None, steps: int | None = None) -> Reproduction:
+    """Re-run a finished run from its saved, resolved config in a new numbered directory.
+
+    With `check`, compare the re-run's metrics.jsonl with the original's (perf/* aside): bitwise, or
+    within relative tolerance `rtol`; the verdict goes into the re-run's run.json under `check`. With
+    `steps=N` (check only) the re-run stops cleanly after step N, config unchanged, and only steps <= N
+    are compared.
+    """
+    if (rtol is not None or steps is not None) and not check:
+        raise ValueError("rtol and steps are for check=True")
+    if rtol is not None and not rtol >= 0:
+        raise ValueError(f"--rtol must be >= 0, got {rtol}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
     source = find_run_dir(ref, outputs)
     original = json.loads((source / "run.json").read_text())
     cfg = apply_overrides(load_resolved_config(source), overrides)
     cfg.resume = None
-    recorded, current = original.get("git", {}).get("commit"), git_state()["commit"]
-    if recorded and current and recorded != current:
-        log.warning("warning: %s was made at commit %s, the code here is at %s; results may differ",
-                    source.name, recorded[:12], current[:12])
+    drift = code_drift(original.get("git") or {}, source)
+    if drift:
+        log.warning("warning: %s", drift)
+    notes = _check_notes(source.name, original, cfg, overrides, steps) if check else []
     run_dir = allocate(source.parent)
-    meta = {"reproduces": original.get("number"), "reproduces_dir": str(source), "overrides": overrides}
-    return run_training(cfg, run_dir, meta=meta)
+    meta: dict[str, Any] = {"reproduces": original.get("number"), "reproduces_dir": str(source),
+                            "overrides": overrides}
+    if check:
+        meta["check"] = {"verdict": None, "against": original.get("number"), "steps": steps, "rtol": rtol}
+    stop_after = steps if check and steps is not None else None
+    result = run_training(cfg, run_dir, meta=meta, stop_after=stop_after)
+    done = Reproduction(run_dir, source, result, notes=notes)
+    if stop_after is not None and result.status == "interrupted" and result.step == stop_after:
+        done.stopped_after = stop_after
+    if check:
+        record = RunRecord(run_dir)
+        done.notes += _cuda_notes(source.name, original, run_dir.name, record.data, rtol)
+        done.comparison = compare_metrics(read_metrics(source), read_metrics(run_dir), rtol=rtol, max_step=steps,
+                                          reference_name=source.name, candidate_name=run_dir.name)
+        record.update(check={**record.data.get("check", {}), **done.comparison.to_dict(), "notes": done.notes})
+    return done
+
+
+def _check_notes(name: str, original: dict[str, Any], cfg: DictConfig, overrides: list[str],
+                 steps: int | None) -> list[str]:
+    """What may make a check differ for reasons other than the code: overrides, an unfinished original."""
+    notes = []
+    if overrides:
+        notes.append(f"the re-run has overrides ({' '.join(overrides)}): differences from {name} may be expected")
+    status, last = original.get("status"), original.get("step")
+    max_steps = int(cfg.trainer.max_steps)
+    if status != "completed" and last is not None and (steps is None or steps > last) and last < max_steps:
+        notes.append(f"{name} ended {status} at step {last} of {max_steps}: its steps after {last} are missing; "
+                     f"--steps {last} checks only what it has")
+    return notes
+
+
+def _cuda_notes(name: str, original: dict[str, Any], rerun: str, rerun_data: dict[str, Any],
+                rtol: float | None) -> list[str]:
+    """A note when either run was on CUDA and the check is bitwise (CUDA kernels are not deterministic)."""
+    on_cuda = [f"{n} ran on {d}" for n, d in ((name, original.get("device")), (rerun, rerun_data.get("device")))
+               if str(d or "").startswith("cuda")]
+    if not on_cuda or rtol is not None:
+        return []
+    return [f"{' and '.join(on_cuda)}: CUDA kernels are not bitwise deterministic (nor is bf16 autocast), so a "
+            "bitwise check can differ without any change in the code; check within a tolerance, e.g. --rtol 1e-4"]

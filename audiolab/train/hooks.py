@@ -82,8 +82,10 @@ class Hook:
     def on_start(self, training: Training) -> None:
         """Training is built (and restored); the first step is next."""
 
-    def on_step(self, state: TrainState) -> None:
-        """A step has finished, with its log line and validation (`state.step` counts it)."""
+    def on_step(self, state: TrainState) -> bool | None:
+        """A step has finished, with its log line and validation (`state.step` counts it); True stops the run
+        there, cleanly, as a signal would (status interrupted, last.pt saved)."""
+        return None
 
     def on_log(self, step: int, figures: dict[str, float]) -> None:
         """The train/ and perf/ figures of a logged step."""
@@ -106,9 +108,9 @@ class Hooks(Hook):
         for hook in self.hooks:
             hook.on_start(training)
 
-    def on_step(self, state: TrainState) -> None:
-        for hook in self.hooks:
-            hook.on_step(state)
+    def on_step(self, state: TrainState) -> bool:
+        stops = [hook.on_step(state) for hook in self.hooks]  # every hook hears it
+        return any(stops)
 
     def on_log(self, step: int, figures: dict[str, float]) -> None:
         for hook in self.hooks:

@@ -22,13 +22,14 @@ if TYPE_CHECKING:  # the same layer: only for the annotations
 
 
 def fit(training: Training, batches: Iterator[Batch], hooks: Hook) -> TrainResult:
-    """Train from `training.state.step` to `training.max_steps`; stop early on a signal or a pruning verdict."""
+    """Train from `training.state.step` to `training.max_steps`; stop early on a signal, a pruning verdict or a
+    hook's stop."""
     state, recipe = training.state, training.recipe
     clock = Clock(training.audio_seconds_per_step, training.device)
     last_val: dict[str, float] = {}
-    pruned = False
+    pruned = stopped = False
     with stop_on_signals() as received:
-        while state.step < training.max_steps and not received:
+        while state.step < training.max_steps and not received and not stopped:
             with clock.training():
                 recipe.step(state, next(batches))
                 state.end_step()
@@ -43,8 +44,9 @@ def fit(training: Training, batches: Iterator[Batch], hooks: Hook) -> TrainResul
                     pruned = hooks.on_validation(training, validation)
                 if pruned:
                     break
-            hooks.on_step(state)
-    return TrainResult(status="interrupted" if received else "pruned" if pruned else "completed", step=state.step,
+            stopped = hooks.on_step(state)
+    return TrainResult(status="interrupted" if received or stopped else "pruned" if pruned else "completed",
+                       step=state.step,
                        best_value=state.best_value, best_step=state.best_step, last_val=last_val,
                        signal=received[0] if received else None, steps_run=clock.steps,
                        train_seconds=clock.train_seconds, validate_seconds=clock.validate_seconds)
