@@ -13,9 +13,12 @@ endif
 install: $(STAMP)
 
 # The stamp is rebuilt when the dependency spec or the lock changes; `--locked` refuses a stale lock.
+# EXTRAS is what every target syncs (`uv sync` removes packages not asked for, so all must name the same ones):
+# dev (pytest, ruff, import-linter) and cdpam (`loss=cdpam`, `metrics.val_cdpam`).
+EXTRAS := --extra dev --extra cdpam
 $(STAMP): pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --locked --extra dev
+	$(UV) sync --locked $(EXTRAS)
 	@touch $@
 
 train: $(STAMP)
@@ -29,7 +32,7 @@ test: $(STAMP)
 # optuna-dashboard (the optional `dashboard` extra) on the default sweep storage; STORAGE=... for another.
 STORAGE ?= sqlite:///outputs/optuna.db
 dashboard: $(STAMP)
-	$(UV) sync --locked --extra dev --extra dashboard
+	$(UV) sync --locked $(EXTRAS) --extra dashboard
 	$(VENV)/bin/optuna-dashboard "$(STORAGE)" --host 127.0.0.1 --port 8080
 
 # ruff, and import-linter's layers contract (pyproject.toml [tool.importlinter]).

@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""Time and peak memory of one training step per loss: MR-STFT, multi-scale mel, and MR-STFT + DAC features.
+"""Time and peak memory of one training step per loss: MR-STFT, multi-scale mel, MR-STFT + DAC features, CDPAM.
 
 One step = model forward (bf16 autocast on CUDA, as the training loop does), the composite loss (fp32 inputs,
 as audiolab.losses.composite.WeightedLoss computes it), backward, AdamW step. Configurations: the MR-STFT loss
 alone, the multi-scale mel loss alone, then MR-STFT + DACFeatureLoss with taps block1 / blocks /
-residual:1,2,3,4, each with activation checkpointing on and off. Each configuration runs in a fresh
-subprocess so no allocator cache or peak carries over between them.
+residual:1,2,3,4, each with activation checkpointing on and off, then CDPAM (audiolab.losses.cdpam.CdpamLoss, the
+pretrained weights shipped in the `cdpam` package, 44.1 kHz audio resampled to its 22.05 kHz) alone and with
+MR-STFT, each with checkpointing on and off. Each configuration runs in a fresh subprocess so no allocator cache
+or peak carries over between them. `--only cdpam` (or any of mrstft, mel, dac, cdpam, comma-separated) runs those
+groups only; the MR-STFT row, the ratios' reference, always runs first.
 
 Memory: on CUDA torch.cuda.max_memory_allocated over the steps (peak), and its growth over what was allocated
 after building everything (step delta). On CPU the process's peak resident set (VmHWM, reset via
@@ -14,6 +17,7 @@ is the step delta relative to the MR-STFT-only step (on CUDA the peak ratio is s
 
     python benchmarks/bench_losses.py                                  # GPU: big model, 16 x 49152
     python benchmarks/bench_losses.py --batch 2 --samples 16384 --model small --device cpu
+    python benchmarks/bench_losses.py --batch 2 --samples 16384 --model small --device cpu --only cdpam
 
 Without --weights, a randomly initialised DAC with the real 44 kHz architecture (`dac.DAC()` defaults) is
 used: the memory and time figures are those of the pretrained model, the loss values are not.
@@ -42,8 +46,12 @@ MODELS = {
 MRSTFT = {"fft_sizes": [2048, 1024, 512, 256, 128], "hop_sizes": [512, 256, 128, 64, 32],
           "win_lengths": [2048, 1024, 512, 256, 128], "eps": 1e-4}
 MEL = "mel_multiscale"  # not a DAC tap: the multi-scale mel loss alone, for comparison
-CONFIGS: list[tuple[str | None, bool]] = [(None, False), (MEL, False)] + [
-    (taps, ckpt) for taps in ("block1", "blocks", "residual:1,2,3,4") for ckpt in (True, False)]
+CDPAM, MRSTFT_CDPAM = "cdpam", "mrstft+cdpam"  # nor these: CDPAM alone, and MR-STFT + CDPAM
+# (taps, checkpointing, group): taps None is MR-STFT alone; groups are what --only selects.
+CONFIGS: list[tuple[str | None, bool, str]] = [(None, False, "mrstft"), (MEL, False, "mel")] + [
+    (taps, ckpt, "dac") for taps in ("block1", "blocks", "residual:1,2,3,4") for ckpt in (True, False)] + [
+    (taps, ckpt, "cdpam") for taps in (CDPAM, MRSTFT_CDPAM) for ckpt in (False, True)]
+GROUPS = ("mrstft", "mel", "dac", "cdpam")
 MB = 2**20
 
 
@@ -95,6 +103,12 @@ def run_one(spec: dict) -> dict:
         from audiolab.losses.spectral import MelMultiScaleLoss
 
         terms = {"mel": MelMultiScaleLoss(sample_rate=44100)}
+    elif spec["taps"] in (CDPAM, MRSTFT_CDPAM):
+        from audiolab.losses.cdpam import CdpamLoss
+
+        if spec["taps"] == CDPAM:
+            terms = {}
+        terms["cdpam"] = CdpamLoss(sample_rate=44100, checkpointing=spec["checkpointing"])
     elif spec["taps"] is not None:
         from audiolab.losses.dac_features import DACFeatureLoss
 
@@ -156,6 +170,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (counted in the peak)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated groups to run ({', '.join(GROUPS)}); mrstft always runs first")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -171,10 +187,16 @@ def main() -> None:
     batch = args.batch or (16 if gpu else 4)
     samples = args.samples or (49152 if gpu else 16384)
     model = args.model or ("big" if gpu else "small")
+    groups = set(GROUPS) if args.only is None else {g.strip() for g in args.only.split(",") if g.strip()}
+    if groups - set(GROUPS):
+        parser.error(f"--only: unknown group(s) {', '.join(sorted(groups - set(GROUPS)))}; choose from {GROUPS}")
+    configs = [c for c in CONFIGS if c[2] in groups or c[2] == "mrstft"]
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.weights
-        if weights is None:
+        if "dac" not in groups:
+            source = "(no DAC configuration selected)"
+        elif weights is None:
             import dac
 
             with warnings.catch_warnings():
@@ -191,6 +213,10 @@ def main() -> None:
         print(f"model: ConvNeXtUNet1d {model} {MODELS[model]}")
         print(f"batch {batch} x {samples} samples; {args.warmup} warm-up + {args.steps} timed steps per config")
         print(f"DAC weights: {source}")
+        if "cdpam" in groups:
+            from audiolab.losses.cdpam import weights_path
+
+            print(f"CDPAM weights: {weights_path()} (pretrained, shipped in the cdpam package)")
         print("memory: " + ("torch.cuda.max_memory_allocated (peak) and its growth over the built state (step Δ)"
                             if gpu else "peak RSS (VmHWM) growth over the built state (step Δ), fresh process each"))
         print()
@@ -200,12 +226,13 @@ def main() -> None:
         # fragmentation from step to step. (No effect on CUDA memory.)
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072")}
         rows = []
-        for taps, ckpt in CONFIGS:
+        for taps, ckpt, _group in configs:
             spec = {"device": device, "model": model, "batch": batch, "samples": samples, "taps": taps,
                     "checkpointing": ckpt, "weights": weights, "steps": args.steps, "warmup": args.warmup,
                     "threads": args.threads}
-            name = ("mrstft" if taps is None else MEL if taps == MEL
-                    else f"mrstft + dac {taps} ckpt={'on' if ckpt else 'off'}")
+            on = f"ckpt={'on' if ckpt else 'off'}"
+            name = ("mrstft" if taps is None else MEL if taps == MEL else f"cdpam {on}" if taps == CDPAM
+                    else f"mrstft + cdpam {on}" if taps == MRSTFT_CDPAM else f"mrstft + dac {taps} {on}")
             proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
                                   text=True, cwd=REPO, env=env)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

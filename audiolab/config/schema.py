@@ -18,6 +18,7 @@ from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from audiolab.losses.cdpam import cdpam_missing
 from audiolab.losses.kinds import LossKind, loss_kind
 from audiolab.metrics.spectral import SPEC_FFT_SIZES
 from audiolab.models.base import AudioModel, audio_channels_of, hop_length_of
@@ -160,9 +161,13 @@ class KidConfig:
 
 @dataclass
 class MetricsConfig:
-    """Embedding-based quality metrics (FAD, KID, diversity) at the end of a run and in `audiolab evaluate`."""
+    """Embedding-based quality metrics (FAD, KID, diversity) at the end of a run and in `audiolab evaluate`,
+    and whether each validation also logs `val/cdpam` (values: conf/metrics/default.yaml)."""
 
     eval: list[str] = field(default_factory=list)
+    # The value is written in conf/metrics/default.yaml; this default (as the others here) only fills in the
+    # metrics sections of configs saved before the key existed, so they keep validating exactly as they ran.
+    val_cdpam: bool = False
     embedder: str = "clap"  # clap | logmel
     batch_size: int = 8
     clap: ClapConfig = field(default_factory=ClapConfig)
@@ -368,6 +373,8 @@ def validate_metrics(node: Any) -> None:
     _need(not unknown, "metrics.eval", metrics.eval, f"a list of {', '.join(EVAL_METRICS)}")
     _need(metrics.embedder in ("clap", "logmel"), "metrics.embedder", metrics.embedder, "clap or logmel")
     _need(metrics.batch_size >= 1, "metrics.batch_size", metrics.batch_size, ">= 1")
+    if metrics.val_cdpam and (missing := cdpam_missing()):
+        raise ConfigError(f"metrics.val_cdpam=true: {missing}")
     _need(metrics.clap.hop_seconds > 0, "metrics.clap.hop_seconds", metrics.clap.hop_seconds, "> 0")
     _need(metrics.kid.n_subsets >= 1, "metrics.kid.n_subsets", metrics.kid.n_subsets, ">= 1")
     _need(metrics.kid.subset_size >= 2, "metrics.kid.subset_size", metrics.kid.subset_size, ">= 2")

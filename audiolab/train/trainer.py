@@ -122,7 +122,8 @@ def build_training(cfg: DictConfig) -> Training:
     scheduler = build_scheduler(cfg.optim, optimizer, int(trainer.max_steps))
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(trainer.ema_decay)), use_buffers=True)
            if trainer.ema_decay else None)
-    validator = Validator(data, task, device, int(trainer.sample_clips))
+    validator = Validator(data, task, device, int(trainer.sample_clips),  # configs saved before val_cdpam: off
+                          cdpam=bool(OmegaConf.select(cfg, "metrics.val_cdpam", default=False)))
     state = TrainState(model, optimizer, scheduler, ema, config=OmegaConf.to_container(cfg, resolve=True))
     grad_clip = float(cfg.optim.grad_clip) if cfg.optim.get("grad_clip") else math.inf
     recipe = build_recipe(cfg.recipe, RecipeParts(loss, device, amp, grad_clip, int(trainer.max_steps),

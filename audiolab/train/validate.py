@@ -1,7 +1,9 @@
 """Validation: fixed crops, their degraded inputs and targets, and the fixed `val/spec_loss`.
 
 The crops and degradations are the same in every run of a dataset and task, so any two runs'
-`val/spec_loss` are comparable whatever they trained on.
+`val/spec_loss` are comparable whatever they trained on. With `metrics.val_cdpam=true` the validator also
+logs `val/cdpam`, the mean CDPAM distance (audiolab/losses/cdpam.py) of the outputs to the targets on the
+same crops: a learned perceptual figure beside the fixed spectral one, comparable between runs in the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 
 from audiolab.data.clips import AudioData, fixed_crops
+from audiolab.losses.cdpam import CdpamLoss
 from audiolab.metrics.spectral import SpecDistance
 from audiolab.models.base import AudioModel
 from audiolab.tasks.autoencode import active_dimensions
@@ -19,9 +22,10 @@ from audiolab.train.device import autocast
 
 
 class Validator:
-    """Fixed validation crops, their degraded inputs and targets, and the fixed `val/spec_loss`."""
+    """Fixed validation crops, their degraded inputs and targets, the fixed `val/spec_loss`, optionally `val/cdpam`."""
 
-    def __init__(self, data: AudioData, task: Any, device: torch.device, n_samples: int) -> None:
+    def __init__(self, data: AudioData, task: Any, device: torch.device, n_samples: int,
+                 cdpam: bool = False) -> None:
         crops = fixed_crops(data.val, data.segment, data.val_max_crops)
         if not crops:
             raise ValueError(f"the validation split has no clip of at least one segment ({data.segment} samples)")
@@ -33,6 +37,8 @@ class Validator:
         self.batch_size = data.batch_size
         self.sample_rate = data.sample_rate
         self.distance = SpecDistance().to(device)
+        # Frozen pretrained CDPAM (needs the `cdpam` extra); built only when metrics.val_cdpam asks for it.
+        self.cdpam = CdpamLoss(sample_rate=data.sample_rate).to(device).eval() if cdpam else None
         # Sample clips spread over the validation set, the same in every run.
         self.sample_index = np.linspace(0, len(crops) - 1, n_samples).round().astype(int).tolist() if n_samples else []
         self.baseline = self.mean_distance(self.inputs) if task.has_input_baseline else None
@@ -46,6 +52,17 @@ class Validator:
         for i in range(0, len(outputs), self.batch_size):
             out, tgt = outputs[i:i + self.batch_size], self.targets[i:i + self.batch_size]
             total += float(self.distance(out, tgt)) * len(out)
+        return total / len(outputs)
+
+    @torch.no_grad()
+    def mean_cdpam(self, outputs: torch.Tensor) -> float:
+        """Crop-weighted mean CDPAM distance between outputs and targets (in fp32, batch by batch)."""
+        if self.cdpam is None:
+            raise RuntimeError("this Validator was built without CDPAM (cdpam=False)")
+        total = 0.0
+        for i in range(0, len(outputs), self.batch_size):
+            out, tgt = outputs[i:i + self.batch_size], self.targets[i:i + self.batch_size]
+            total += float(self.cdpam.distance(out, tgt).sum())
         return total / len(outputs)
 
     @torch.no_grad()
@@ -72,6 +89,8 @@ class Validator:
             metrics["val/improvement"] = 1.0 - metrics["val/spec_loss"] / self.baseline
         if self.silence is not None:
             metrics["val/spec_loss_silence"] = self.silence
+        if self.cdpam is not None:
+            metrics["val/cdpam"] = self.mean_cdpam(outputs)
         if kls:
             metrics["val/kl"] = sum(kls) / len(outputs)
             metrics["val/active_dims"] = float(active_dimensions(torch.cat(latents), self.active_threshold))
