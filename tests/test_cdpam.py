@@ -194,7 +194,7 @@ def test_loss_cdpam_config_validates_and_builds() -> None:
     validate_config(cfg)
     term = OmegaConf.to_container(cfg.loss.terms.cdpam, resolve=True)
     assert term == {"_target_": "audiolab.losses.cdpam.CdpamLoss", "weight": 1.0, "sample_rate": 44100,
-                    "checkpointing": False}
+                    "resample": True, "checkpointing": False}
     assert compose_config([]).metrics.val_cdpam is False
     built = build_loss(cfg.loss)
     assert isinstance(built.terms["cdpam"], CdpamLoss) and built.weights == {"cdpam": 1.0}

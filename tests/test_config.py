@@ -24,6 +24,11 @@ def test_every_option_composes_and_validates(group: str, option: str, tmp_path) 
     extra = [f"data.path={tmp_path}"] if option == "folder" else []
     if group == "discriminator" and option != "none":
         extra.append("loss=rave")  # a discriminator needs the adversarial terms
+    if group == "model" and option.startswith("pqmf_vae"):
+        # A model preset is the model alone; a VAE needs the two-phase recipe, which says so when it is missing.
+        with pytest.raises(ConfigError, match="experiment=rave_v2"):
+            validate_config(compose_config([f"{group}={option}"]))
+        extra.append("recipe=vae_gan")
     cfg = compose_config([f"{group}={option}", *extra])
     validate_config(cfg)
     assert cfg.trainer.max_steps >= 1

@@ -349,7 +349,8 @@ def validate_recipe(cfg: DictConfig, kinds: dict[str, LossKind], variational: bo
         why = "discriminator is set" if has_discriminator else f"model {cfg.model._target_} is a VAE"
         name = str(cfg.recipe.get("_target_")).rsplit(".", 1)[-1]
         raise ConfigError(f"recipe {name} cannot train this run ({why}): use recipe=vae_gan"
-                          + (", or discriminator=none" if has_discriminator else ""))
+                          + (", or discriminator=none" if has_discriminator else
+                             ", or a whole RAVE recipe: experiment=rave_v2 (or rave_v2_small, rave_v3)"))
     if two_phase:
         _need(recipe.phase1_steps is None or recipe.phase1_steps >= 0, "recipe.phase1_steps", recipe.phase1_steps,
               ">= 0, or null for half of trainer.max_steps")
