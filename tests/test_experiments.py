@@ -131,3 +131,25 @@ def test_model_presets_no_longer_choose_other_groups() -> None:
         assert not re.search(r"^defaults:", path.read_text(), re.M), f"{path.name} switches other groups"
     plain = compose_config(["model=pqmf_vae_small"])
     assert "mrstft" in plain.loss.terms and plain.get("discriminator") is None and plain.recipe.get("d_every") is None
+
+
+def recipe_line(name: str) -> str:
+    """The one-line summary of a logged preset's composed recipe, as its header states it."""
+    cfg = compose_config([f"experiment={name}"])
+    m, o = cfg.model, cfg.optim
+    model = {"ConvNeXtUNet2dSpec": "spectrogram ConvNeXt", "ConvNeXtUNet1d": "waveform ConvNeXt"}[
+        m._target_.rsplit(".", 1)[-1]]
+    layout = f"channels {list(m.channels)}, blocks {list(m.blocks)}, factors {list(m.factors)}, kernel {m.kernel_size}"
+    optim = o.optimizer._target_.rsplit(".", 1)[-1]
+    opt = (f"Muon {o.lr:g} + AdamW {o.adamw_lr:g}" if optim == "SplitOpt"
+           else f"PSGD {o.lr:g} momentum {o.momentum:g}")
+    loss = " + ".join(sorted(cfg.loss.terms))
+    return (f"{model} ({layout}, {'residual' if m.predict_residual else 'direct'}) | loss {loss} | {opt}, clip "
+            f"{o.grad_clip if o.grad_clip is not None else 'none'} | {cfg.task.lowpass_bank} low-pass cutoffs | "
+            f"{cfg.data.segment} x {cfg.data.batch_size} | {cfg.trainer.max_steps} steps")
+
+
+@pytest.mark.parametrize("name", LOGGED)
+def test_header_states_the_full_recipe_as_composed(name: str) -> None:
+    header = (EXPERIMENTS / f"{name}.yaml").read_text().split("defaults:")[0]
+    assert f"# Recipe: {recipe_line(name)}\n" in header.replace("\n#   ", " ")
