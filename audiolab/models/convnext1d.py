@@ -129,6 +129,23 @@ INITS = {
 }
 
 
+def initialise(model: nn.Module, init: str, zero: nn.Module | None) -> None:
+    """Re-initialise conv and linear weights by `model.init` (biases to 0), then zero `zero`'s parameters.
+
+    A zeroed last layer makes a residual model start as exactly the identity (x + 0).
+    """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {sorted(INITS)}, got {init!r}")
+    if init != "default":
+        for module in model.modules():
+            if isinstance(module, nn.modules.conv._ConvNd | nn.Linear):
+                INITS[init](module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+    for p in zero.parameters() if zero is not None else ():
+        nn.init.zeros_(p)
+
+
 class ConvNeXtUNet1d(AudioModel):
     """Waveform U-Net of ConvNeXt-1D blocks mapping (B, channels[0], T) to the same shape.
 
@@ -196,18 +213,7 @@ class ConvNeXtUNet1d(AudioModel):
         self.up = nn.ModuleList(
             Transition1d(channels[i + 1], channels[i], factors[i], alphas[i], up=True) for i in range(n)
         )
-        if init not in INITS:
-            raise ValueError(f"init must be one of {sorted(INITS)}, got {init!r}")
-        if init != "default":
-            for module in self.modules():
-                if isinstance(module, nn.Conv1d | nn.ConvTranspose1d | nn.Linear):
-                    INITS[init](module.weight)
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
-        if predict_residual:
-            # A zero last layer makes the untrained model exactly the identity (x + 0).
-            for p in self.up[0].parameters():
-                nn.init.zeros_(p)
+        initialise(self, init, zero=self.up[0] if predict_residual else None)
 
     def io_parameters(self) -> list[nn.Parameter]:
         """Parameters of the first and last layers (kept on AdamW by the Muon hybrid)."""

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audiolab.models.base import AudioModel
-from audiolab.models.convnext1d import INITS, ConvNeXtBlock, _check_positive, unet
+from audiolab.models.convnext1d import ConvNeXtBlock, _check_positive, initialise, unet
 
 
 class ConvNeXtUNet2dSpec(AudioModel):
@@ -76,8 +76,6 @@ class ConvNeXtUNet2dSpec(AudioModel):
                              f" = {math.prod(factors)}")
         _check_positive("kernel_size", [kernel_size])
         _check_positive("expansion", [expansion])
-        if init not in INITS:
-            raise ValueError(f"init must be one of {sorted(INITS)}, got {init!r}")
         self.channels, self.blocks, self.factors, self.time_factors = channels, blocks, factors, time_factors
         self.audio_channels = channels[0] // 2
         self.predict_residual = predict_residual
@@ -95,15 +93,7 @@ class ConvNeXtUNet2dSpec(AudioModel):
         self.dec = nn.ModuleList(stage(i) for i in range(n))
         self.up = nn.ModuleList(nn.ConvTranspose2d(channels[i + 1], channels[i], patches[i], stride=patches[i])
                                 for i in range(n))
-        if init != "default":
-            for module in self.modules():
-                if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
-                    INITS[init](module.weight)
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
-        if predict_residual:
-            for p in self.up[0].parameters():  # a zero correction: the untrained model is the identity
-                nn.init.zeros_(p)
+        initialise(self, init, zero=self.up[0] if predict_residual else None)  # zero correction: the identity
 
     @classmethod
     def hop_for(cls, factors: Sequence[int] = (), n_fft: int = 1024, time_factors: Sequence[int] | None = None,
