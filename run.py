@@ -22,6 +22,7 @@ register_resolvers()
 def main(cfg: DictConfig) -> float:
     """Hydra task: train (or resume) and return the best val/spec_loss for sweepers to minimise."""
     from audiolab.app import in_optuna_trial, launch_from_hydra
+    from audiolab.common.distributed import RankLost, close_world
     from audiolab.runs.session import RunFailed, RunInterrupted
 
     if in_optuna_trial():
@@ -37,8 +38,13 @@ def main(cfg: DictConfig) -> float:
         raise SystemExit(2) from None
     except RunFailed:
         raise SystemExit(1) from None
+    except RankLost as err:
+        print(f"audiolab: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     except RunInterrupted as err:
         raise SystemExit(128 + err.signum) from None
+    finally:
+        close_world()  # under torchrun: leave the process group before exiting
 
 
 if __name__ == "__main__":

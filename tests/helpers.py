@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import torch
 
 from audiolab.models.convnext1d import ConvNeXtUNet1d
@@ -37,6 +40,23 @@ class RaiseAfter(ConvNeXtUNet1d):
             self.calls += 1
             if self.calls >= self.raise_at:
                 raise RuntimeError("injected fault")
+        return super().forward(x)
+
+
+class SignalAt(ConvNeXtUNet1d):
+    """A ConvNeXt U-Net that sends SIGTERM to its own process during its `signal_at`-th training forward, on
+    torchrun rank `rank` only (0: never): a signal that reaches one rank of a distributed run."""
+
+    def __init__(self, signal_at: int = 0, rank: int = 1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.signal_at, self.rank = signal_at, rank
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if self.calls == self.signal_at and int(os.environ.get("RANK", "0")) == self.rank:
+                os.kill(os.getpid(), signal.SIGTERM)
         return super().forward(x)
 
 

@@ -54,6 +54,16 @@ def _active_index(active: np.ndarray, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.flatnonzero(active)).to(x.device)
 
 
+def _take_rows(params: Params, rows: slice, total: int) -> Params:
+    """The per-example parameters of `rows` of a `total`-example batch; batch-wide ones (a seed) unchanged.
+
+    `rows` itself is kept as (start, stop, total), for transforms whose draw covers the whole batch at once.
+    """
+    taken = {k: v[rows] if np.ndim(v) == 1 and len(v) == total else v for k, v in params.items()}
+    taken["rows"] = np.asarray([rows.start, rows.stop, total])
+    return taken
+
+
 def _fast_fft_size(n: int) -> int:
     """The smallest 2^a * 3^b >= n: both cuFFT and pocketfft have fast radix-2 and radix-3 kernels."""
     best = 1 << max(n - 1, 0).bit_length()
@@ -197,8 +207,10 @@ class Dequantize(Transform):
         """Add (u - 0.5) * LSB, u ~ U[0, 1), to the active rows."""
         generator = torch.Generator(device=x.device)
         generator.manual_seed(int(params["seed"]))
-        # Noise for every row, so a row's noise does not depend on which other rows are active.
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        # Noise for every row, so a row's noise does not depend on which other rows are active, and for every
+        # row of the global batch when x is one rank's share of it (the same noise as in one process).
+        start, stop, total = params["rows"].tolist() if "rows" in params else (0, x.shape[0], x.shape[0])
+        u = torch.rand((total, *x.shape[1:]), generator=generator, device=x.device, dtype=torch.float32)[start:stop]
         noisy = (x.float() + (u - 0.5) * self.lsb).to(x.dtype)
         return torch.where(_row_mask(params["active"], x), noisy, x)
 
@@ -379,15 +391,22 @@ class Augment:
         """Samples to feed __call__ so that it returns `segment` real samples."""
         return segment + max((t.extra_samples(segment) for t in self.transforms.values()), default=0)
 
-    def __call__(self, x: torch.Tensor, rng: np.random.Generator, segment: int) -> torch.Tensor:
-        """Augment x (B, C, input_length(segment)) and return its last `segment` samples."""
+    def __call__(self, x: torch.Tensor, rng: np.random.Generator, segment: int, rows: slice | None = None,
+                 batch: int | None = None) -> torch.Tensor:
+        """Augment x (B, C, input_length(segment)) and return its last `segment` samples.
+
+        With `rows`, x is those rows of a global batch of `batch` examples (one rank's share under torchrun):
+        the parameters are drawn for the whole batch and each row gets its own, as in one process.
+        """
         if x.dim() != 3:
             raise ValueError(f"x must be (batch, channels, time), got shape {tuple(x.shape)}")
         if x.shape[-1] < self.input_length(segment):
             raise ValueError(f"x has {x.shape[-1]} samples, fewer than input_length({segment}) = "
                              f"{self.input_length(segment)}")
+        total = x.shape[0] if rows is None else int(batch)
         for transform in self.transforms.values():
-            x = transform.apply(x, transform.draw(x.shape[0], rng), self.sample_rate)
+            params = transform.draw(total, rng)
+            x = transform.apply(x, params if rows is None else _take_rows(params, rows, total), self.sample_rate)
         return x[..., -segment:].contiguous()
 
     def __bool__(self) -> bool:

@@ -5,6 +5,10 @@ atomically. Hydra resolves those keys exactly once per job (in `run_job`), so th
 cached; nothing else in audiolab reads them (use `hydra.runtime.output_dir` instead). The sweep
 directory is resolved by the launcher and again by each job, so `audiolab.sweep_dir` is cached: Hydra
 copies the resolver cache from the master config to every job's config, which keeps one sweep dir.
+
+Under torchrun every rank composes the same config, but only rank 0 claims a number: the others receive
+its directory (`audiolab.common.distributed`), so one run on N processes is one numbered run. Only rank 0
+saves Hydra's `.hydra/` files there.
 """
 
 from __future__ import annotations
@@ -13,24 +17,28 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from audiolab.common.distributed import World, init_world
 from audiolab.common.numbering import SWEEP_PREFIX, allocate
 from audiolab.config.schema import ConfigError
 
 
-def _run_dir(outputs: str, resume: str | None = None) -> str:
+def _run_dir(outputs: str, resume: str | None = None, dist_timeout_s: float = 600.0) -> str:
+    world = init_world(float(dist_timeout_s))  # under torchrun: before the claim, which rank 0 makes alone
     if resume:
         run = Path(str(resume))
         if not (run / "run.json").is_file():
             raise ConfigError(f"resume={resume!r}: not a run directory (no run.json there)")
         return str(run.absolute())
-    return str(allocate(outputs))
+    return str(world.broadcast(str(allocate(outputs)) if world.is_main else None))
 
 
 def _sweep_dir(outputs: str) -> str:
     return str(allocate(Path(outputs) / "multirun", prefix=SWEEP_PREFIX))
 
 
-def _hydra_subdir(resume: str | None = None) -> str:
+def _hydra_subdir(resume: str | None = None) -> str | None:
+    if not World.from_env().is_main:
+        return None  # Hydra saves nothing: rank 0's copy is the run's
     # A resumed run keeps its original .hydra/ untouched; the resume's own record goes beside it.
     return ".hydra/resume" if resume else ".hydra"
 

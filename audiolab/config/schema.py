@@ -43,6 +43,9 @@ class TrainerConfig:
     progress: bool = MISSING
     threads: int = MISSING
     ema_decay: float | None = MISSING
+    compile: str = MISSING  # auto | true | false (a YAML bool is read as its string)
+    compile_backend: str = MISSING
+    dist_timeout_s: float = MISSING
 
 
 @dataclass
@@ -252,6 +255,9 @@ def _check_trainer(trainer: TrainerConfig) -> None:
     _need(trainer.threads >= 0, "trainer.threads", trainer.threads, ">= 0")
     _need(trainer.ema_decay is None or 0.0 < trainer.ema_decay < 1.0, "trainer.ema_decay", trainer.ema_decay,
           "(0, 1), or null for no EMA")
+    _need(str(trainer.compile).lower() in ("auto", "true", "false"), "trainer.compile", trainer.compile,
+          "auto, true or false")
+    _need(trainer.dist_timeout_s > 0, "trainer.dist_timeout_s", trainer.dist_timeout_s, "> 0 seconds")
     _need(trainer.precision in ("auto", "bf16", "fp32"), "trainer.precision", trainer.precision,
           "one of auto, bf16, fp32")
     _need(trainer.device == "auto" or trainer.device == "cpu" or trainer.device.startswith("cuda"),

@@ -247,7 +247,7 @@ class RandomCropSampler(Sampler[list[tuple[int, int]]]):
     """Yields one batch of random (clip, start) crops per training step, seeded by (seed, step)."""
 
     def __init__(self, clips: ClipArray, segment: int, batch_size: int, seed: int, start_step: int = 0,
-                 fixed_batch: bool = False) -> None:
+                 fixed_batch: bool = False, rows: slice | None = None) -> None:
         lengths = clips.lengths
         self.usable = np.flatnonzero(lengths >= segment)
         if len(self.usable) == 0:
@@ -259,13 +259,15 @@ class RandomCropSampler(Sampler[list[tuple[int, int]]]):
         self.seed = seed
         self.start_step = start_step
         self.fixed_batch = fixed_batch
+        self.rows = rows  # under torchrun: this rank's share of the global batch
 
     def batch_for_step(self, step: int) -> list[tuple[int, int]]:
-        """The crops of one step: a pure function of (seed, step)."""
+        """The crops of one step (this rank's rows of them): a pure function of (seed, step)."""
         rng = np.random.default_rng([self.seed, 0 if self.fixed_batch else step])
         which = rng.choice(len(self.usable), size=self.batch_size, p=self.probs)
         starts = rng.integers(0, self.max_start[which] + 1)
-        return [(int(self.usable[w]), int(s)) for w, s in zip(which, starts, strict=True)]
+        crops = [(int(self.usable[w]), int(s)) for w, s in zip(which, starts, strict=True)]
+        return crops[self.rows] if self.rows is not None else crops
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         step = self.start_step
@@ -285,8 +287,9 @@ class CropLoader:
     """
 
     def __init__(self, clips: ClipArray, length: int, batch_size: int, seed: int, start_step: int = 0,
-                 workers: int = 2, prefetch: int = 4, fixed_batch: bool = False, pin_memory: bool = False) -> None:
-        self.sampler = RandomCropSampler(clips, length, batch_size, seed, start_step, fixed_batch)
+                 workers: int = 2, prefetch: int = 4, fixed_batch: bool = False, pin_memory: bool = False,
+                 rows: slice | None = None) -> None:
+        self.sampler = RandomCropSampler(clips, length, batch_size, seed, start_step, fixed_batch, rows)
         self.batches = CropBatches(clips, length)
         self.workers = workers
         self.prefetch = max(prefetch, 1) * max(workers, 1)
@@ -329,14 +332,18 @@ class CropLoader:
 
 def train_loader(clips: ClipArray, length: int, batch_size: int, seed: int, start_step: int,
                  num_workers: int = 0, fixed_batch: bool = False, pin_memory: bool = False,
-                 prefetch_factor: int = 4, backend: str = "threads") -> Iterable[torch.Tensor]:
-    """An endless loader of (B, channels, length) training batches, in the stored dtype, from `start_step`."""
+                 prefetch_factor: int = 4, backend: str = "threads", rows: slice | None = None
+                 ) -> Iterable[torch.Tensor]:
+    """An endless loader of (B, channels, length) training batches, in the stored dtype, from `start_step`.
+
+    With `rows`, each batch is those rows of the global batch of `batch_size` (one rank's share).
+    """
     if backend == "threads":
         return CropLoader(clips, length, batch_size, seed, start_step, num_workers, prefetch_factor, fixed_batch,
-                          pin_memory)
+                          pin_memory, rows)
     if backend != "processes":
         raise ValueError(f"data.loader={backend!r}: allowed threads, processes")
-    sampler = RandomCropSampler(clips, length, batch_size, seed, start_step, fixed_batch)
+    sampler = RandomCropSampler(clips, length, batch_size, seed, start_step, fixed_batch, rows)
     # An own generator: creating the loader's iterator must not draw from the global torch RNG, whose
     # state is part of every checkpoint.
     return DataLoader(CropBatches(clips, length), sampler=sampler, batch_size=None, num_workers=num_workers,

@@ -18,6 +18,9 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
+from audiolab.common.distributed import World
+from audiolab.losses.global_batch import norm_ratio
+
 # Guards ||Y|| in RAVE's relative L2 against an all-silent target batch (RAVE itself divides by zero there).
 _NORM_EPS = 1e-12
 
@@ -155,6 +158,7 @@ class RaveSpectralLoss(nn.Module):
         self.log_eps = float(log_eps)
         self.squared = squared
         self.skip_long_scales = skip_long_scales
+        self.batch_world = World()  # under torchrun: the ranks whose shares make the batch (global_batch.py)
         for i, s in enumerate(self.scales):
             self.register_buffer(f"window_{i}", torch.hann_window(s, periodic=True), persistent=False)
 
@@ -171,7 +175,7 @@ class RaveSpectralLoss(nn.Module):
         for i in used:
             window = getattr(self, f"window_{i}")
             x, y = _stft_magnitude(output, window), _stft_magnitude(target, window)
-            relative = torch.linalg.vector_norm(x - y) / torch.linalg.vector_norm(y).clamp_min(_NORM_EPS)
+            relative = norm_ratio(x - y, y, self.batch_world, _NORM_EPS)
             if self.squared:
                 relative = relative.pow(2)
             log_l1 = (torch.log(x + self.log_eps) - torch.log(y + self.log_eps)).abs().mean()

@@ -23,6 +23,7 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from audiolab.common.distributed import RankLost, World, lost_rank
 from audiolab.common.files import atomic_write_text
 from audiolab.common.numbering import allocate, find_run_dir
 from audiolab.common.secrets import redact
@@ -88,14 +89,26 @@ class StopAfterStep(Hook):
                                     "steps": self.stopped_at - self.start_step})
 
 
+def log_file_name(world: World) -> str:
+    """`train.log` for rank 0 (and single-process runs), `train.rank<N>.log` for the other ranks."""
+    return "train.log" if world.is_main else f"train.rank{world.rank}.log"
+
+
 @contextlib.contextmanager
-def log_to_file(run_dir: Path) -> Iterator[None]:
-    """Send audiolab's log (DEBUG and up) to `train.log` in the run directory for the run's duration."""
-    handler = logging.FileHandler(run_dir / "train.log")
+def log_to_file(run_dir: Path, world: World = World()) -> Iterator[None]:
+    """Send audiolab's log (DEBUG and up) to this rank's log file in the run directory for the run's duration.
+
+    The console gets rank 0's lines; the other ranks print only warnings and errors there.
+    """
+    handler = logging.FileHandler(run_dir / log_file_name(world))
     handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+    rank = f"[rank {world.rank}]" if world.distributed else ""
+    handler.setFormatter(logging.Formatter(f"[%(asctime)s]{rank}[%(name)s][%(levelname)s] %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
+    quieted = [(h, h.level) for h in root.handlers if h is not handler and not world.is_main]
+    for h, _ in quieted:
+        h.setLevel(max(h.level, logging.WARNING))
     previous_level = log.level
     log.setLevel(logging.DEBUG)
     try:
@@ -103,6 +116,8 @@ def log_to_file(run_dir: Path) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         handler.close()
+        for h, level in quieted:
+            h.setLevel(level)
         log.setLevel(previous_level)
 
 
@@ -133,14 +148,16 @@ def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_
     A config error removes a freshly made run directory, so no half-made run is left behind. With
     `trial`, the run is a sweep trial: it reports each validation, may be pruned, and tells the
     study how it ended. With `stop_after=N` the run stops cleanly after step N (before max_steps) and
-    returns a result with status `interrupted` instead of raising.
+    returns a result with status `interrupted` instead of raising. Under torchrun every rank trains, and
+    only rank 0 keeps the records: run.json, metrics, samples, checkpoints, the tracker and the trial.
     """
     run_dir = Path(run_dir)
+    world = World.from_env()
     try:
         cfg = resolved(cfg)
         validate_config(cfg)
     except Exception as err:
-        if fresh_dir and not resume:
+        if fresh_dir and not resume and world.is_main:
             shutil.rmtree(run_dir, ignore_errors=True)
         if trial is not None:
             trial.fail(f"{type(err).__name__}: {err}")
@@ -150,7 +167,23 @@ def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_
         meta["overrides"] = redact(list(meta["overrides"]))
     if trial is not None:
         meta.update(study=trial.study_name, trial=trial.number)
-    with log_to_file(run_dir):
+    if world.distributed:
+        meta["world_size"] = world.size
+    if not world.is_main:
+        with log_to_file(run_dir, world):
+            end, raised = _train_to_end(cfg, run_dir, [], resume)
+            _log_end(f"{run_dir.name} rank {world.rank}", end)
+            # torchrun stops the other ranks as soon as one exits: wait until rank 0 has saved and recorded.
+            if not isinstance(raised, RankLost):
+                world.wait_for_all()
+        if isinstance(raised, NonFiniteLossError):
+            raise RunFailed(str(raised)) from raised
+        if raised is not None:
+            raise raised
+        if end.status == "interrupted" and stop_after is None:
+            raise RunInterrupted(end.signal or signal.SIGINT, run_dir)
+        return end.result
+    with log_to_file(run_dir, world):
         record = _open_record(run_dir, cfg, meta, resume)
         log.info("audiolab: %s %s -> %s%s", "resuming" if resume else "run", run_dir.name, run_dir,
                  f" (study {trial.study_name}, trial {trial.number})" if trial is not None else "")
@@ -163,6 +196,8 @@ def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_
         end, raised = _train_to_end(cfg, run_dir, hooks, resume)
         Hooks(hooks).on_end(end)  # one pass: each hook records its own part of how the run ended
         _log_end(run_dir.name, end)
+        if not isinstance(raised, RankLost):
+            world.wait_for_all()  # the other ranks exit only now, after last.pt and run.json
         if stop is not None and stop.stopped_at is not None and raised is None:
             return end.result
         if end.status == "interrupted":
@@ -223,6 +258,10 @@ def _train_to_end(cfg: DictConfig, run_dir: Path, hooks: list[Hook], resume: boo
     except KeyboardInterrupt as err:  # a second Ctrl-C, or one before the loop took over signals
         return RunEnd("interrupted", error="KeyboardInterrupt"), err
     except BaseException as err:
+        lost = lost_rank(err, World.from_env())
+        if lost is not None:
+            lost.__cause__ = err
+            err = lost
         return RunEnd("failed", error=f"{type(err).__name__}: {err}"), err
     return RunEnd(result.status, result=result), None
 

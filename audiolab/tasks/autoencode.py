@@ -22,7 +22,8 @@ class Autoencode:
         self.sample_rate = sample_rate
         self.active_threshold = float(active_threshold)
 
-    def training_pair(self, clean: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_pair(self, clean: torch.Tensor, rng: np.random.Generator, rows: slice | None = None,
+                      batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The clip is both input and target."""
         return clean, clean
 

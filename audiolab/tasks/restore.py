@@ -89,10 +89,11 @@ class PitchShiftRestore:
                 target.index_copy_(0, idx, lowpass_fft(group, cutoff, self.sample_rate))
         return degraded, target
 
-    def training_pair(self, clean: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """A pair with k drawn at random per example from the configured set."""
-        ks = rng.choice(self.semitones, size=clean.shape[0])
-        return self.degrade(clean, ks.tolist())
+    def training_pair(self, clean: torch.Tensor, rng: np.random.Generator, rows: slice | None = None,
+                      batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pair with k drawn at random per example from the configured set (for `rows` of a `batch`: theirs)."""
+        ks = rng.choice(self.semitones, size=clean.shape[0] if rows is None else int(batch))
+        return self.degrade(clean, (ks if rows is None else ks[rows]).tolist())
 
     def validation_pair(self, clean: torch.Tensor, first_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A pair with k cycling through the set by crop index, identical in every run."""

@@ -20,12 +20,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from audiolab.common.distributed import World
 from audiolab.losses.adversarial import Features
 from audiolab.losses.composite import WeightedLoss
 from audiolab.losses.kinds import LossKind, loss_kind
 from audiolab.models.discriminators import split_features
 from audiolab.optim.build import load_optimizer_state
 from audiolab.train.device import autocast
+from audiolab.train.wrap import average_gradients
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +43,13 @@ def beta_at(step: int, warmup_steps: int, start: float, end: float) -> float:
 class AdversarialStage:
     """The discriminator with its optimizer, and the adversarial / feature-matching terms with their weights."""
 
-    def __init__(self, cfg: DictConfig, loss_fn: WeightedLoss, device: torch.device, concat: bool) -> None:
+    def __init__(self, cfg: DictConfig, loss_fn: WeightedLoss, device: torch.device, concat: bool,
+                 world: World = World()) -> None:
         self.discriminator: torch.nn.Module = instantiate(cfg.model).to(device)
         self.optimizer: torch.optim.Optimizer = instantiate(cfg.optimizer)(self.discriminator.parameters())
         self.grad_clip = float(cfg.grad_clip) if cfg.get("grad_clip") else math.inf
         self.concat = concat
+        self.world = world  # under torchrun: the discriminator's gradients are averaged over it
         # Every discriminator-based term of loss.terms with its weight; the adversarial one also trains D.
         self.gan_terms = {name: (term, loss_fn.weights[name]) for name, term in loss_fn.gan_terms.items()}
         self.adversarial = next((t for t, _ in self.gan_terms.values() if loss_kind(t) is LossKind.ADVERSARIAL), None)
@@ -75,9 +79,12 @@ class AdversarialStage:
         loss = self.adversarial.discriminator_loss(real_f, fake_f)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(list(self.discriminator.parameters()), self.world)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.grad_clip)
-        return {"d_loss": float(loss.detach()), "d_grad_norm": float(grad_norm),
-                "d_real": _mean_logit(real_f), "d_fake": _mean_logit(fake_f)}
+        figures = self.world.mean({"d_loss": float(loss.detach()), "d_real": _mean_logit(real_f),
+                                   "d_fake": _mean_logit(fake_f)})
+        return {"d_loss": figures["d_loss"], "d_grad_norm": float(grad_norm), "d_real": figures["d_real"],
+                "d_fake": figures["d_fake"]}
 
     def generator_terms(self, real: torch.Tensor, fake: torch.Tensor, amp: torch.dtype | None
                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
+# Set by the sweeper for trials packed onto one GPU (hydra.sweeper.trials_per_device=K): 1/K each.
+MEMORY_FRACTION_ENV = "AUDIOLAB_CUDA_MEMORY_FRACTION"
 
-def pick_device(spec: str = "auto") -> torch.device:
-    """CUDA when present (or asked for), else CPU."""
+
+def pick_device(spec: str = "auto", local_rank: int | None = None) -> torch.device:
+    """CUDA when present (or asked for), else CPU; under torchrun, the GPU of this process's local rank."""
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"trainer.device={spec!r} but CUDA is not available here; use trainer.device=auto")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank or 0)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        limit_memory(device)
     return device
+
+
+def limit_memory(device: torch.device) -> None:
+    """Cap this process's share of the GPU when the sweeper packed several trials onto it."""
+    fraction = os.environ.get(MEMORY_FRACTION_ENV)
+    if fraction:
+        torch.cuda.set_per_process_memory_fraction(float(fraction), device)
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:

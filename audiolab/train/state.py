@@ -48,6 +48,12 @@ class TrainState:
     best_step: int | None = None
     latest: dict[str, float] = field(default_factory=dict)  # the last value of every train/ figure
     extras: dict[str, Stateful] = field(default_factory=dict)
+    # What a training step calls (audiolab/train/wrap.py: DDP, torch.compile); never checkpointed.
+    forward: Any = None
+
+    def train_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The model's output and stats for a training step, through the run's DDP/compile wrapper if any."""
+        return self.forward(x) if self.forward is not None else self.model.forward_with_stats(x)
 
     def register(self, name: str, obj: Stateful) -> None:
         """Checkpoint `obj` under `extras[name]` from now on."""

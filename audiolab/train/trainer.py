@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from audiolab.common.distributed import World, init_world
 from audiolab.data.clips import AudioData
 from audiolab.data.folder import DataError
 from audiolab.losses.composite import build_loss
+from audiolab.losses.global_batch import use_global_batch
 from audiolab.models.base import AudioModel
 from audiolab.optim.build import build_optimizer, build_scheduler
 from audiolab.train.batches import training_batches
@@ -34,6 +37,7 @@ from audiolab.train.loop import fit
 from audiolab.train.recipes import Recipe, RecipeParts, build_recipe
 from audiolab.train.state import TrainState
 from audiolab.train.validate import Validator
+from audiolab.train.wrap import TrainingForward, compile_wanted
 
 log = logging.getLogger("audiolab.train")
 
@@ -52,6 +56,7 @@ class Training:
     augment: Any | None
     validator: Validator
     resumed: bool = False
+    world: World = World()  # under torchrun: this process's rank among the run's processes
 
     @property
     def max_steps(self) -> int:
@@ -70,7 +75,7 @@ class Training:
 
     @property
     def audio_seconds_per_step(self) -> float:
-        """Seconds of audio in one batch."""
+        """Seconds of audio in one (global) batch."""
         return self.data.batch_size * self.data.segment / self.data.sample_rate
 
     @property
@@ -109,7 +114,9 @@ def build_training(cfg: DictConfig) -> Training:
     trainer = cfg.trainer
     if trainer.threads:
         torch.set_num_threads(int(trainer.threads))
-    device = pick_device(trainer.device)
+    world = init_world(float(trainer.dist_timeout_s))
+    world.rows(int(cfg.data.batch_size))  # fails early when the global batch does not split evenly
+    device = pick_device(trainer.device, world.local_rank)
     amp = autocast_dtype(device, trainer.precision)
     seed_everything(int(trainer.seed))
     model = build_model(cfg.model, device)
@@ -118,6 +125,7 @@ def build_training(cfg: DictConfig) -> Training:
     # Augmentations run on the device, in batch, on clean audio (before a task's degradation).
     augment = instantiate(cfg.augment, sample_rate=data.sample_rate) if cfg.get("augment") else None
     loss = build_loss(cfg.loss).to(device)
+    use_global_batch(loss, world)  # batch-wide norms span the ranks: the loss of one process on the global batch
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_scheduler(cfg.optim, optimizer, int(trainer.max_steps))
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(trainer.ema_decay)), use_buffers=True)
@@ -127,12 +135,18 @@ def build_training(cfg: DictConfig) -> Training:
     state = TrainState(model, optimizer, scheduler, ema, config=OmegaConf.to_container(cfg, resolve=True))
     grad_clip = float(cfg.optim.grad_clip) if cfg.optim.get("grad_clip") else math.inf
     recipe = build_recipe(cfg.recipe, RecipeParts(loss, device, amp, grad_clip, int(trainer.max_steps),
-                                                  cfg.get("discriminator") or None))
-    training = Training(cfg, device, amp, state, recipe, data, task, augment, validator)
-    log.info("model %s: %s parameters (%.2f M) on %s%s", cfg.model._target_.rsplit(".", 1)[-1],
-             f"{training.n_parameters:,}", training.n_parameters / 1e6, device, f", {amp} autocast" if amp else "")
+                                                  cfg.get("discriminator") or None, world))
+    training = Training(cfg, device, amp, state, recipe, data, task, augment, validator, world=world)
+    compiled = compile_wanted(trainer.compile, device, training.n_parameters)
+    log.info("model %s: %s parameters (%.2f M) on %s%s%s%s", cfg.model._target_.rsplit(".", 1)[-1],
+             f"{training.n_parameters:,}", training.n_parameters / 1e6, device, f", {amp} autocast" if amp else "",
+             f", compiled ({trainer.compile_backend})" if compiled else "",
+             f", rank {world.rank} of {world.size} (pid {os.getpid()}, global batch {cfg.data.batch_size})"
+             if world.distributed else "")
     if augment:
         log.info("augmentations: %s", augment.describe())
+    if world.distributed or compiled:
+        state.forward = TrainingForward(model, world, device, compiled, str(trainer.compile_backend))
     recipe.setup(state)
     return training
 
@@ -152,7 +166,8 @@ def train(cfg: DictConfig, run_dir: Path, hooks: Sequence[Hook] = (), resume: bo
     everyone = Hooks(hooks)
     everyone.on_start(training)
     batches = training_batches(training.data, training.task, training.augment, training.device,
-                               int(cfg.trainer.seed), state.step, bool(cfg.trainer.overfit))
+                               int(cfg.trainer.seed), state.step, bool(cfg.trainer.overfit),
+                               training.world.rows(training.data.batch_size) if training.world.distributed else None)
     try:
         return fit(training, batches, everyone)
     finally:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from audiolab.common.distributed import World
 from audiolab.data.clips import AudioData, fixed_crops
 from audiolab.losses.cdpam import CdpamLoss
 from audiolab.metrics.spectral import SpecDistance
@@ -66,35 +67,53 @@ class Validator:
         return total / len(outputs)
 
     @torch.no_grad()
-    def run(self, model: AudioModel, amp: torch.dtype | None) -> tuple[dict[str, float], torch.Tensor]:
-        """Validate in eval mode (then restore train mode); return metrics and all outputs."""
+    def run(self, model: AudioModel, amp: torch.dtype | None, world: World = World()
+            ) -> tuple[dict[str, float], torch.Tensor]:
+        """Validate in eval mode (then restore train mode); return metrics and all outputs.
+
+        Under torchrun each rank scores every world.size-th batch and the ranks exchange their parts, so
+        every rank gets what one process would: the same batches, summed in the same order.
+        """
         was_training = model.training
         model.eval()
         try:
-            outputs, kls, latents = [], [], []
-            for i in range(0, len(self.inputs), self.batch_size):
-                batch = self.inputs[i:i + self.batch_size]
-                with autocast(self.inputs.device, amp):
-                    out, stats = model.forward_with_stats(batch)
-                outputs.append(out.float())
-                if "kl" in stats:
-                    kls.append(float(stats["kl"]) * len(batch))
-                    latents.append(stats["latent"].float())
-            outputs = torch.cat(outputs)
+            starts = range(0, len(self.inputs), self.batch_size)
+            parts = [self._score(model, start, amp) for start in starts[world.rank::world.size]]
         finally:
             model.train(was_training)
-        metrics = {"val/spec_loss": self.mean_distance(outputs)}
+        if world.distributed:
+            shared = world.gather([{k: v.cpu() if torch.is_tensor(v) else v for k, v in p.items()} for p in parts])
+            parts = sorted((p for rank_parts in shared for p in rank_parts), key=lambda p: p["start"])
+        outputs = torch.cat([p["output"].to(self.inputs.device) for p in parts])
+        n = len(outputs)
+        metrics = {"val/spec_loss": sum(p["distance"] for p in parts) / n}
         if self.baseline is not None:
             metrics["val/spec_loss_input"] = self.baseline
             metrics["val/improvement"] = 1.0 - metrics["val/spec_loss"] / self.baseline
         if self.silence is not None:
             metrics["val/spec_loss_silence"] = self.silence
         if self.cdpam is not None:
-            metrics["val/cdpam"] = self.mean_cdpam(outputs)
-        if kls:
-            metrics["val/kl"] = sum(kls) / len(outputs)
-            metrics["val/active_dims"] = float(active_dimensions(torch.cat(latents), self.active_threshold))
+            metrics["val/cdpam"] = sum(p["cdpam"] for p in parts) / n
+        if "kl" in parts[0]:
+            metrics["val/kl"] = sum(p["kl"] for p in parts) / n
+            latents = torch.cat([p["latent"] for p in parts])
+            metrics["val/active_dims"] = float(active_dimensions(latents, self.active_threshold))
         return metrics, outputs
+
+    def _score(self, model: AudioModel, start: int, amp: torch.dtype | None) -> dict[str, Any]:
+        """One validation batch: its outputs, and its crop-weighted sums (distance, CDPAM, KL)."""
+        batch, target = self.inputs[start:start + self.batch_size], self.targets[start:start + self.batch_size]
+        with autocast(self.inputs.device, amp):
+            out, stats = model.forward_with_stats(batch)
+        out = out.float()
+        part: dict[str, Any] = {"start": start, "output": out,
+                                "distance": float(self.distance(out, target)) * len(out)}
+        if self.cdpam is not None:
+            part["cdpam"] = float(self.cdpam.distance(out, target).sum())
+        if "kl" in stats:
+            part["kl"] = float(stats["kl"]) * len(batch)
+            part["latent"] = stats["latent"].float()
+        return part
 
     def sample_clips(self, outputs: torch.Tensor) -> dict[str, list[np.ndarray]]:
         """input/output/target audio of the fixed sample clips, as numpy arrays (no input when it is the target)."""

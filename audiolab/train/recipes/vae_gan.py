@@ -42,10 +42,11 @@ class VaeGanRecipe(SupervisedRecipe):
         self.d_every, self.d_concat = int(d_every), bool(d_concat)
         self.stage: AdversarialStage | None = None
         self.model: AudioModel | None = None
+        self.state: TrainState | None = None
 
     def setup(self, state: TrainState) -> None:
         """Keep the phase and the discriminator in every checkpoint."""
-        self.model = state.model
+        self.model, self.state = state.model, state
         state.register("vae_gan", self)
         if self.phase2_at is None:
             return
@@ -67,7 +68,10 @@ class VaeGanRecipe(SupervisedRecipe):
     def enter_phase2(self, step: int | None) -> None:
         """Freeze the encoder, and build the discriminator with its optimizer."""
         frozen = self.model.freeze_encoder()
-        self.stage = AdversarialStage(self.parts.discriminator, self.parts.loss, self.parts.device, self.d_concat)
+        if frozen and self.state is not None and self.state.forward is not None:
+            self.state.forward.rebuild()  # DDP must know that the encoder no longer trains
+        self.stage = AdversarialStage(self.parts.discriminator, self.parts.loss, self.parts.device, self.d_concat,
+                                      self.parts.world)
         log.info("%sphase 2: discriminator with %s parameters, updated every %d steps%s",
                  f"step {step}: " if step is not None else "resumed in ", f"{self.stage.n_parameters:,}",
                  self.d_every, "; encoder frozen" if frozen else "")
