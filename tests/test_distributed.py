@@ -17,7 +17,6 @@ import torch
 
 from audiolab.runs.record import read_metrics
 from audiolab.train.state import inference_weights
-
 from conftest import REPO
 
 STEPS = 8

@@ -103,8 +103,8 @@ class World:
         """Raise on every rank when the ranks' `value`s differ (e.g. a checksum of weights that must agree)."""
         values = self.gather(value)
         if any(v != values[0] for v in values):
-            raise RuntimeError(f"the ranks' {what} differ ({', '.join(f'rank {r}: {v!r}' for r, v in enumerate(values))}): "
-                               "something in a step is not the same on every rank")
+            each = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
+            raise RuntimeError(f"the ranks' {what} differ ({each}): something in a step is not the same on every rank")
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, in rank order, on every rank."""
@@ -115,6 +115,9 @@ class World:
         boxes: list[Any] = [None] * self.size
         dist.all_gather_object(boxes, obj)
         return boxes
+
+
+SINGLE = World()  # one process: the world outside torchrun
 
 
 class RankLost(RuntimeError):

@@ -23,7 +23,7 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from audiolab.common.distributed import RankLost, World, lost_rank
+from audiolab.common.distributed import SINGLE, RankLost, World, lost_rank
 from audiolab.common.files import atomic_write_text
 from audiolab.common.numbering import allocate, find_run_dir
 from audiolab.common.secrets import redact
@@ -95,7 +95,7 @@ def log_file_name(world: World) -> str:
 
 
 @contextlib.contextmanager
-def log_to_file(run_dir: Path, world: World = World()) -> Iterator[None]:
+def log_to_file(run_dir: Path, world: World = SINGLE) -> Iterator[None]:
     """Send audiolab's log (DEBUG and up) to this rank's log file in the run directory for the run's duration.
 
     The console gets rank 0's lines; the other ranks print only warnings and errors there.

@@ -7,20 +7,31 @@ database do. Budget checks and asks happen under `storage_lock`, so workers neve
 `n_trials`; a worker that dies mid-trial stops heartbeating, and another worker fails and re-queues
 that trial after the grace period.
 
+Packing (`trials_per_device=K`, `devices_per_trial=D`, like Ray Tune's fractional GPUs): the machine's
+G devices (GPUs, or the CPU as one device) give max(1, G // D) * K slots, and `n_workers` left at null
+starts one worker per slot. Worker i gets the D GPUs of group (i // K) % (G // D) and a 1/K memory share
+(AUDIOLAB_CUDA_MEMORY_FRACTION, applied by audiolab/train/device.py); on the CPU the workers split the
+threads. When the sweep ends, the summary gives each trial's training throughput and that of the trials
+that ran at once, so the cost of packing is visible.
+
 Trials are composed from a snapshot of `conf/` (which holds `experiments/` as `conf/experiment`)
 taken when the sweep starts, so editing configs during a sweep cannot change its later trials.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +50,7 @@ from audiolab.sweep.storage import display_url, storage_lock, storage_url
 from audiolab.sweep.study import (
     ATTR_FAIL_REASON,
     ATTR_PRUNED_STEP,
+    ATTR_RUN_DIR,
     ATTR_RUN_NUMBER,
     Budget,
     build_pruner,
@@ -53,6 +65,10 @@ log = logging.getLogger("audiolab.sweep")
 
 SNAPSHOT_DIR = "snapshot"
 WORKER_KEYS = ("hydra.sweeper.n_workers", "hydra.sweeper.worker_index", "hydra.sweep.dir")
+# Read by audiolab/train/device.py (MEMORY_FRACTION_ENV there): a packed trial's share of its GPU's memory.
+MEMORY_FRACTION_ENV = "AUDIOLAB_CUDA_MEMORY_FRACTION"
+# Study user attribute: {trial number: mean perf/audio_s_per_s of its run}, written by the sweep's summary.
+ATTR_AUDIO_S_PER_S = "audio_s_per_s"
 
 
 class SweepStopped(SystemExit):
@@ -78,6 +94,10 @@ class OptunaSweep:
         assert self.config is not None and self.hydra_context is not None
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         s = self.settings
+        try:
+            packing = Packing.of(s)
+        except ValueError as err:
+            raise SweepStopped(f"audiolab: sweep config error: {err}") from None
         sweep_dir = Path(self.config.hydra.sweep.dir).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         outputs = OmegaConf.select(self.config, "paths.outputs", default="outputs")
@@ -113,13 +133,15 @@ class OptunaSweep:
             log.info("audiolab: study %s in %s: %d of %d trials finished; sweep dir %s", s.study_name,
                      display_url(self.url), Budget.of(study.get_trials(deepcopy=False)).finished, n_trials, sweep_dir)
         config_dir = self._snapshot(sweep_dir) if s.snapshot else None
-        if worker is None and int(s.n_workers) > 1:
-            self._spawn_workers(int(s.n_workers), sweep_dir, config_dir)
+        plan = _plan_here(packing) if worker is None else None
+        if plan is not None and plan.n_workers > 1:
+            self._spawn_workers(plan, sweep_dir, config_dir)
         else:
             self._work(study, space, n_trials, config_dir, worker or 0)
         trials = study.get_trials(deepcopy=False)
         if worker is None:
             _log_summary(study, trials)
+            _log_throughput(study, trials, sweep_dir, self.url)
             if trials and not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
                 raise SweepStopped(f"audiolab: no trial of study {s.study_name} finished without failing; "
                                    "see the reasons above")
@@ -179,30 +201,22 @@ class OptunaSweep:
                 raise SweepStopped(128 + int(getattr(interrupted, "signum", 2)))
 
     # --- workers ------------------------------------------------------------------------------
-    def _spawn_workers(self, n_workers: int, sweep_dir: Path, config_dir: Path | None) -> None:
-        """Start n_workers copies of this command as workers of the same study, each with its own GPU if several."""
+    def _spawn_workers(self, plan: WorkerPlan, sweep_dir: Path, config_dir: Path | None) -> None:
+        """Start the plan's workers: copies of this command on one study, each with its devices (plan_workers)."""
         assert self.config is not None
-        import torch
-
         hydra = self.config.hydra
-        n_gpus = torch.cuda.device_count()
+        n_workers = plan.n_workers
         base = [sys.executable, os.path.abspath(sys.argv[0]), "--multirun",
                 f"--config-name={hydra.job.config_name}"]
         if config_dir is not None:
             base.append(f"--config-path={config_dir}")
         keep = [o for o in [*hydra.overrides.task, *hydra.overrides.hydra] if o.split("=", 1)[0] not in WORKER_KEYS]
         base += [*keep, f"hydra.sweep.dir={sweep_dir}", "hydra.sweeper.n_workers=1"]
-        threads = max(1, (os.cpu_count() or 1) // n_workers)
         procs: list[subprocess.Popen] = []
         for i in range(n_workers):
-            env = dict(os.environ)
-            if n_gpus > 1:
-                env["CUDA_VISIBLE_DEVICES"] = str(i % n_gpus)
-            elif n_gpus == 0:
-                env.setdefault("OMP_NUM_THREADS", str(threads))  # workers share the CPU
+            env = dict(os.environ) | plan.envs[i]
             procs.append(subprocess.Popen([*base, f"hydra.sweeper.worker_index={i}"], env=env))
-        log.info("audiolab: started %d workers (pids %s)%s", n_workers, " ".join(str(p.pid) for p in procs),
-                 f" on {min(n_gpus, n_workers)} GPUs" if n_gpus > 1 else "")
+        log.info("audiolab: started %d workers (pids %s)", n_workers, " ".join(str(p.pid) for p in procs))
 
         def forward(signum: int, frame: Any) -> None:
             for p in procs:
@@ -240,6 +254,131 @@ class OptunaSweep:
     def _save_multirun_yaml(self, sweep_dir: Path) -> None:
         assert self.config is not None
         (sweep_dir / "multirun.yaml").write_text(redact(OmegaConf.to_yaml(self.config)))
+
+
+# --- how the workers share the machine -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Packing:
+    """`hydra.sweeper.n_workers` (None: auto), `trials_per_device` (K) and `devices_per_trial` (D), checked."""
+
+    n_workers: int | None = None
+    trials_per_device: int = 1
+    devices_per_trial: int = 1
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any]) -> Packing:
+        """Read and check the three settings; a ValueError names the bad key."""
+        values: dict[str, int | None] = {}
+        for key, default in (("n_workers", None), ("trials_per_device", 1), ("devices_per_trial", 1)):
+            value = settings.get(key, default)
+            if value is None and default is None:
+                values[key] = None
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                allowed = "an integer >= 1, or null for one worker per slot" if default is None else "an integer >= 1"
+                raise ValueError(f"hydra.sweeper.{key}={value!r}: expected {allowed}")
+            values[key] = value
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def packs(self) -> bool:
+        """Whether the user asked for device sharing (K or D other than 1)."""
+        return self.trials_per_device > 1 or self.devices_per_trial > 1
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How many workers to start, what each one's environment adds, and the line that says so."""
+
+    n_workers: int
+    slots: int
+    envs: list[dict[str, str]] = field(default_factory=list)
+    summary: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def plan_workers(packing: Packing, n_gpus: int, n_cpus: int, environ: Mapping[str, str]) -> WorkerPlan:
+    """Workers and their devices on a machine with `n_gpus` GPUs (0: the CPU is the one device) and `n_cpus` CPUs.
+
+    slots = max(1, G // D) * K. n_workers null starts one worker per slot when K or D is set, else 1 (a plain
+    sweep); an explicit n_workers is kept, with a warning when it is more than the slots. On CUDA worker i
+    gets the D GPUs of group (i // K) % max(1, G // D) (indices into the parent's CUDA_VISIBLE_DEVICES, when
+    set) and, with K > 1, a 1/K memory share; on the CPU each worker gets OMP_NUM_THREADS =
+    max(1, n_cpus // (workers * D)), unless the environment already sets it.
+    """
+    k, d = packing.trials_per_device, packing.devices_per_trial
+    groups = max(1, n_gpus // d)
+    slots = groups * k
+    if packing.n_workers is not None:
+        n = packing.n_workers
+    else:
+        n = slots if packing.packs else 1
+    warnings = []
+    where = (f"{_plural(n_gpus, 'GPU')} // devices_per_trial={d}, x trials_per_device={k}" if n_gpus
+             else f"the CPU x trials_per_device={k}")
+    if n > slots and (packing.packs or n_gpus):
+        warnings.append(f"hydra.sweeper.n_workers={n} is more than the {slots} slots here ({where}): "
+                        "more trials than that will share a device")
+    if n_gpus and d > n_gpus:
+        warnings.append(f"hydra.sweeper.devices_per_trial={d} but only {_plural(n_gpus, 'GPU')} here: "
+                        f"each trial gets all {n_gpus}")
+    envs: list[dict[str, str]] = [{} for _ in range(n)]
+    if n_gpus:
+        listed = [v.strip() for v in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        visible = listed[:n_gpus] if len(listed) >= n_gpus else [str(j) for j in range(n_gpus)]
+        per_trial = min(d, n_gpus)
+        if n > 1:
+            for i, env in enumerate(envs):
+                group = (i // k) % groups
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[group * per_trial:(group + 1) * per_trial])
+                if k > 1:
+                    env[MEMORY_FRACTION_ENV] = f"{1 / k:.6g}"
+        used = groups * per_trial
+        summary = (f"{_plural(n, 'worker')}: {_plural(k, 'trial')} per device on {_plural(used, 'GPU')}"
+                   + (f", {per_trial} GPUs per trial" if per_trial > 1 else "")
+                   + (f", {1 / k:.3g} of a GPU's memory each" if k > 1 and n > 1 else "")
+                   + (f" ({n_gpus - used} left idle)" if used < n_gpus else ""))
+    else:
+        threads = max(1, n_cpus // (n * d))
+        own = environ.get("OMP_NUM_THREADS")
+        if n > 1 and own is None:
+            for env in envs:
+                env["OMP_NUM_THREADS"] = str(threads)
+        if own is not None:
+            summary = f"{n} workers on the CPU, OMP_NUM_THREADS={own} each (from the environment)"
+        else:
+            summary = f"{n} workers on the CPU, {_plural(threads, 'thread')} each"
+        if d > 1:
+            summary += f" ({d} processes per trial)"
+    if n == 1:  # the sweep runs in this process, which sees every device
+        summary = f"1 worker, in this process, on {_plural(n_gpus, 'GPU') if n_gpus else 'the CPU'}"
+    return WorkerPlan(n, slots, envs, summary, warnings)
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _plan_here(packing: Packing) -> WorkerPlan:
+    """plan_workers for this machine, logged; a plain sweep (one worker, nothing packed) neither asks CUDA nor logs."""
+    if packing.n_workers in (None, 1) and not packing.packs:
+        return WorkerPlan(1, 1, [{}])
+    import torch
+
+    plan = plan_workers(packing, torch.cuda.device_count(), _cpu_count(), os.environ)
+    for warning in plan.warnings:
+        log.warning("audiolab: warning: %s", warning)
+    log.info("audiolab: %s", plan.summary)
+    return plan
 
 
 def _loader_from(loader: Any, config_dir: Path) -> Any:
@@ -313,3 +452,100 @@ def _log_summary(study: optuna.Study, trials: list[FrozenTrial]) -> None:
         run = best.user_attrs.get(ATTR_RUN_NUMBER)
         log.info("audiolab: best trial %d%s: value %s, params %s", best.number,
                  f" (output{run:02d})" if isinstance(run, int) else "", best.values, best.params)
+
+
+# --- throughput -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Throughput:
+    number: int
+    run: int | None
+    audio_s_per_s: float
+    started: datetime | None
+    ended: datetime | None
+
+
+def mean_audio_s_per_s(run_dir: Path) -> float | None:
+    """Mean of `perf/audio_s_per_s` over a run's metrics.jsonl lines (None without any); a torn last line is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    values = []
+    for line in lines:
+        try:
+            value = json.loads(line).get("perf/audio_s_per_s")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            values.append(float(value))
+    return sum(values) / len(values) if values else None
+
+
+def _when(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _throughputs(trials: list[FrozenTrial], sweep_dir: Path) -> list[_Throughput]:
+    """Finished trials whose run belongs to this sweep dir (run.json's sweep_dir), with their throughput."""
+    found = []
+    for t in trials:
+        run_dir = t.user_attrs.get(ATTR_RUN_DIR)
+        if not t.state.is_finished() or not run_dir:
+            continue
+        try:
+            record = json.loads((Path(run_dir) / "run.json").read_text())
+        except (OSError, ValueError):
+            continue  # e.g. a run on another machine's disk
+        if not record.get("sweep_dir") or Path(record["sweep_dir"]) != sweep_dir:
+            continue
+        value = mean_audio_s_per_s(Path(run_dir))
+        if value is None:
+            continue
+        run = t.user_attrs.get(ATTR_RUN_NUMBER)
+        found.append(_Throughput(t.number, run if isinstance(run, int) else None, value,
+                                 _when(record.get("started")), _when(record.get("ended"))))
+    return found
+
+
+def _together(found: list[_Throughput]) -> list[_Throughput]:
+    """Two or more trials running at one moment whose throughputs add up to the most ([] if none overlapped).
+
+    Times are the runs' `started` and `ended` in run.json (whole seconds): runs that only touch, one ending
+    in the second the next starts, do not count as running at once.
+    """
+    timed = [f for f in found if f.started is not None and f.ended is not None]
+    best: list[_Throughput] = []
+    for f in timed:  # the running set only grows at a start, so the starts are the moments to look at
+        running = [g for g in timed if g is f or g.started <= f.started < g.ended]  # type: ignore[operator]
+        if len(running) > 1 and sum(g.audio_s_per_s for g in running) > sum(g.audio_s_per_s for g in best):
+            best = running
+    return sorted(best, key=lambda g: g.number)
+
+
+def _log_throughput(study: optuna.Study, trials: list[FrozenTrial], sweep_dir: Path, url: str) -> None:
+    """Log this sweep's per-trial training throughput and the trials' total at once; keep it in the study's attrs."""
+    found = _throughputs(trials, sweep_dir)
+    if not found:
+        return
+    log.info("audiolab: training throughput, audio s per s (mean of perf/audio_s_per_s): %s",
+             ", ".join(f"trial {f.number}{f' (output{f.run:02d})' if f.run is not None else ''} "
+                       f"{f.audio_s_per_s:.3g}" for f in found))
+    group = _together(found)
+    if len(group) > 1:
+        total = sum(g.audio_s_per_s for g in group)
+        log.info("audiolab: together: %.3g audio s per s from %d trials running at once (trials %s), %.3g each "
+                 "on average", total, len(group), ", ".join(str(g.number) for g in group), total / len(group))
+    else:
+        log.info("audiolab: together: no two trials of this sweep ran at once")
+    try:
+        with storage_lock(url):
+            merged = dict(study.user_attrs.get(ATTR_AUDIO_S_PER_S) or {})
+            merged.update({str(f.number): f.audio_s_per_s for f in found})
+            study.set_user_attr(ATTR_AUDIO_S_PER_S, merged)
+    except Exception as err:  # a report, not the sweep's result: never fail a finished sweep over it
+        log.warning("audiolab: could not record throughput in the study: %s", err)

@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from audiolab.common.distributed import World
+from audiolab.common.distributed import SINGLE, World
 from audiolab.losses.adversarial import Features
 from audiolab.losses.composite import WeightedLoss
 from audiolab.losses.kinds import LossKind, loss_kind
@@ -44,7 +44,7 @@ class AdversarialStage:
     """The discriminator with its optimizer, and the adversarial / feature-matching terms with their weights."""
 
     def __init__(self, cfg: DictConfig, loss_fn: WeightedLoss, device: torch.device, concat: bool,
-                 world: World = World()) -> None:
+                 world: World = SINGLE) -> None:
         self.discriminator: torch.nn.Module = instantiate(cfg.model).to(device)
         self.optimizer: torch.optim.Optimizer = instantiate(cfg.optimizer)(self.discriminator.parameters())
         self.grad_clip = float(cfg.grad_clip) if cfg.get("grad_clip") else math.inf

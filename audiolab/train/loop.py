@@ -47,7 +47,8 @@ def fit(training: Training, batches: Iterator[Batch], hooks: Hook) -> TrainResul
                 if pruned:
                     break
             # Under torchrun every rank stops after the same step, whichever rank got the signal or the hook's stop.
-            signum, stop = training.world.max([received[0] if received else 0, int(bool(hooks.on_step(state)))])
+            stop = int(bool(hooks.on_step(state)))  # first: a hook may itself signal
+            signum, stop = training.world.max([received[0] if received else 0, stop])
             stopped = bool(stop)
     return TrainResult(status="interrupted" if signum or stopped else "pruned" if pruned else "completed",
                        step=state.step,

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from audiolab.common.distributed import World, init_world
+from audiolab.common.distributed import SINGLE, World, init_world
 from audiolab.data.clips import AudioData
 from audiolab.data.folder import DataError
 from audiolab.losses.composite import build_loss
@@ -56,7 +56,7 @@ class Training:
     augment: Any | None
     validator: Validator
     resumed: bool = False
-    world: World = World()  # under torchrun: this process's rank among the run's processes
+    world: World = SINGLE  # under torchrun: this process's rank among the run's processes
 
     @property
     def max_steps(self) -> int:

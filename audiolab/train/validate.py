@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from audiolab.common.distributed import World
+from audiolab.common.distributed import SINGLE, World
 from audiolab.data.clips import AudioData, fixed_crops
 from audiolab.losses.cdpam import CdpamLoss
 from audiolab.metrics.spectral import SpecDistance
@@ -67,7 +67,7 @@ class Validator:
         return total / len(outputs)
 
     @torch.no_grad()
-    def run(self, model: AudioModel, amp: torch.dtype | None, world: World = World()
+    def run(self, model: AudioModel, amp: torch.dtype | None, world: World = SINGLE
             ) -> tuple[dict[str, float], torch.Tensor]:
         """Validate in eval mode (then restore train mode); return metrics and all outputs.
 

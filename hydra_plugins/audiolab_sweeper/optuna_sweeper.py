@@ -101,7 +101,14 @@ class AudiolabOptunaSweeperConf:
     directions: list[str] = field(default_factory=lambda: ["minimize"])
     # The study's total: re-running the same command continues until this many trials have finished.
     n_trials: int = 20
-    n_workers: int = 1
+    # Worker processes on this machine, each running one trial at a time. null (auto): 1, or with
+    # trials_per_device / devices_per_trial set, one per slot: max(1, GPUs // devices_per_trial) * trials_per_device
+    # (the CPU counts as one device when there is no GPU).
+    n_workers: int | None = None
+    # K trials at once on each device (fractional GPUs): each packed CUDA worker gets a 1/K memory share.
+    trials_per_device: int = 1
+    # D devices per trial: each worker gets D GPUs (CUDA_VISIBLE_DEVICES), or 1/D of its CPU threads per process.
+    devices_per_trial: int = 1
     max_failures: int | None = 5
     # Search space in Hydra's override grammar, e.g. `optim.lr: tag(log, interval(1e-4, 1e-2))`.
     params: dict[str, str] = field(default_factory=dict)

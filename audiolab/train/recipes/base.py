@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from audiolab.common.distributed import World
+from audiolab.common.distributed import SINGLE, World
 from audiolab.losses.composite import WeightedLoss
 from audiolab.train.batches import Batch
 from audiolab.train.state import TrainState
@@ -30,7 +30,7 @@ class RecipeParts:
     grad_clip: float  # max gradient norm of the model (inf: no clipping)
     max_steps: int
     discriminator: DictConfig | None  # the `discriminator` group, for recipes with a GAN phase
-    world: World = World()  # under torchrun: the ranks that share each step's global batch
+    world: World = SINGLE  # under torchrun: the ranks that share each step's global batch
 
 
 class Recipe:
