@@ -107,3 +107,22 @@ def test_cuda_workers_get_their_gpu_group_and_a_memory_share() -> None:
     assert all(MEMORY_FRACTION_ENV not in e for e in over.envs)
     # A plain sweep (nothing set) stays one worker, in this process.
     assert plan_workers(Packing(), 4, 16, {}).n_workers == 1
+
+
+def test_a_trial_on_two_devices_trains_under_torchrun(outputs: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """devices_per_trial=2 on the CPU: the trial is one numbered run on two gloo processes, reported by rank 0."""
+    journal = f"journal:{outputs}/optuna.journal"
+    proc = run_cli([f"hparams_search={STUDY}", "debug=fast", "logger=none", f"paths.outputs={outputs}",
+                    "hydra.sweeper.n_trials=1", "hydra.sweeper.devices_per_trial=2", "hydra.sweeper.n_workers=1",
+                    f"hydra.sweeper.storage={journal}", "data.batch_size=2"], env | {"OMP_NUM_THREADS": "1"},
+                   tmp_path, timeout=240)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    (trial,) = open_study(storage_url(journal, outputs), STUDY).get_trials(deepcopy=False)
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs
+    run_dir = Path(trial.user_attrs["run_dir"])
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["world_size"] == 2 and record["trial"] == 0 and record["status"] == "completed"
+    assert (run_dir / "train.rank1.log").is_file()
+    assert trial.values[0] == record["best_val_spec_loss"]
+    assert sorted(p.name for p in outputs.iterdir() if p.name.startswith("output")) == [run_dir.name]
