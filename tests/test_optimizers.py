@@ -89,3 +89,19 @@ def test_resume_is_bitwise_for_every_optimizer_with_ema(name: str, interrupted_a
         assert full[part].keys() == cut[part].keys()
         for key, tensor in full[part].items():
             assert torch.equal(tensor, cut[part][key]), (part, key)
+
+
+def test_fused_adamw_only_for_cuda_models_and_never_over_an_explicit_setting() -> None:
+    from types import SimpleNamespace
+
+    from audiolab.optim.build import fused_wanted
+
+    class OnCuda(torch.nn.Module):  # what fused_wanted reads of a CUDA model, without a GPU
+        def parameters(self, recurse: bool = True):
+            return iter([SimpleNamespace(is_cuda=True)])
+
+    cfg = compose_config(["optim=adamw"]).optim.optimizer
+    assert fused_wanted(cfg, OnCuda()) and not fused_wanted(cfg, torch.nn.Linear(2, 2))
+    explicit = compose_config(["optim=adamw", "+optim.optimizer.fused=false"]).optim.optimizer
+    assert not fused_wanted(explicit, OnCuda())
+    assert not fused_wanted(compose_config(["optim=muon"]).optim.optimizer, OnCuda())

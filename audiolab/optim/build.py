@@ -75,7 +75,15 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Opti
         on_cpu = all(p.device.type == "cpu" for p in model.parameters())
         # heavyball compiles its step with torch.compile; on CPU the first compiled step took 32-986 s.
         heavyball.utils.compile_mode = None if on_cpu else "max-autotune-no-cudagraphs"
-    return instantiate(cfg.optimizer)(GROUPINGS[grouping](model, cfg))
+    extra = {"fused": True} if fused_wanted(cfg.optimizer, model) else {}
+    return instantiate(cfg.optimizer)(GROUPINGS[grouping](model, cfg), **extra)
+
+
+def fused_wanted(optimizer_cfg: DictConfig, model: torch.nn.Module) -> bool:
+    """torch's fused Adam/AdamW (one kernel for every parameter) for a model on CUDA, unless `fused` is set."""
+    target = str(optimizer_cfg.get("_target_", ""))
+    on_cuda = any(p.is_cuda for p in model.parameters())
+    return target in ("torch.optim.AdamW", "torch.optim.Adam") and "fused" not in optimizer_cfg and on_cuda
 
 
 def lr_factor(step: int, warmup_steps: int, max_steps: int, decay: str, min_lr_ratio: float) -> float:
