@@ -228,3 +228,16 @@ def test_every_recipe_trains_with_the_ranks_in_step(recipe: list[str], tmp_path:
     if "experiment=rave_v2_small" in recipe:
         phases = {row["train/phase"] for row in read_metrics(run) if "train/phase" in row}
         assert phases == {1.0, 2.0}
+
+
+def test_a_submitit_job_of_two_tasks_is_one_run_on_two_processes(tmp_path: Path, env: dict[str, str]) -> None:
+    """`hydra/launcher=submitit_local` with tasks_per_node=2 (as submitit_slurm on a cluster): one numbered run."""
+    outputs = tmp_path / "outputs"
+    proc = subprocess.run([sys.executable, str(REPO / "run.py"), "-m", "hydra/launcher=submitit_local",
+                           "hydra.launcher.tasks_per_node=2", *BASE, f"paths.outputs={outputs}"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = run_dirs(outputs)
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "completed" and record["world_size"] == 2 and record["step"] == STEPS
+    assert "rank 1 of 2" in (run / "train.rank1.log").read_text()

@@ -29,7 +29,8 @@ class World:
 
     @classmethod
     def from_env(cls) -> World:
-        """The world torchrun describes in the environment (one process when it does not)."""
+        """The world torchrun (or a submitit job of several tasks) describes in the environment; else one process."""
+        _export_submitit_tasks()
         size = int(os.environ.get("WORLD_SIZE", "1"))
         if size <= 1:
             return cls()
@@ -118,6 +119,18 @@ class World:
 
 
 SINGLE = World()  # one process: the world outside torchrun
+
+
+def _export_submitit_tasks() -> None:
+    """In a submitit job of several tasks (`hydra/launcher=submitit_slurm` with `tasks_per_node`), set the
+    variables torchrun would have set, from submitit's own view of the job (each task keeps every GPU of its
+    node visible; it takes the one of its local rank)."""
+    if "WORLD_SIZE" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if TorchDistributedEnvironment().world_size > 1:
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 class RankLost(RuntimeError):
