@@ -289,3 +289,15 @@ def test_cuda_matches_cpu_and_is_deterministic() -> None:
     once = full(x.cuda(), np.random.default_rng(9), 4096)
     assert torch.equal(once, full(x.cuda(), np.random.default_rng(9), 4096))
     assert once.device.type == "cuda"
+
+
+def test_a_ranks_share_of_a_batch_is_augmented_as_in_the_whole_batch() -> None:
+    """Under torchrun each rank augments its rows of the global batch: together they give one process's batch."""
+    augment = _preset("full", **{"transforms.mute.p": 0.5})
+    segment, batch = 4096, 6
+    x = _noise(batch, 1, augment.input_length(segment), seed=3)
+    whole = augment(x.clone(), np.random.default_rng([0, 7, 2]), segment)
+    shares = [augment(x[rows].clone(), np.random.default_rng([0, 7, 2]), segment, rows, batch)
+              for rows in (slice(0, 3), slice(3, 6))]
+    torch.testing.assert_close(torch.cat(shares), whole, rtol=0, atol=1e-6)
+    assert not torch.equal(shares[0], shares[1])  # the shares are not given each other's draws

@@ -89,10 +89,12 @@ def test_two_processes_follow_the_loss_curve_of_one(runs: dict[str, Path]) -> No
     a, b = curve(one), curve(two)
     assert a.keys() == b.keys()
     for key in a:
-        # the gradient norm sums the shares' gradients in another order: it is allowed 1e-4
-        rtol = 1e-4 if key[1] == "train/grad_norm" else 1e-5
+        # Float rounding differs from step 1 (the shares' gradients are summed in another order, the spectral
+        # convergence from per-rank sums) and Adam amplifies it over steps; measured over these 8 steps: loss
+        # 7.7e-6, val/spec_loss 1.1e-5, grad norm 2.7e-4 (relative).
+        rtol = {"train/grad_norm": 2e-3, "val/spec_loss": 5e-5}.get(key[1], 2e-5)
         # val/improvement = 1 - ratio is near 0 in a short run: its difference is bounded absolutely
-        atol = 1e-5 if key[1] == "val/improvement" else 0.0
+        atol = 5e-5 if key[1] == "val/improvement" else 0.0
         assert b[key] == pytest.approx(a[key], rel=rtol, abs=atol), key
     # and the ranks' validation, sharded and reduced, is the one-process figure at the same weights
     assert b[(STEPS, "val/spec_loss_input")] == a[(STEPS, "val/spec_loss_input")]
