@@ -64,8 +64,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> dict[
         proc = torchrun(nproc, [*BASE, f"paths.outputs={outputs}", *extra], env, work)
         made[name] = outputs
         if name == "two_signalled":
-            # both ranks exit 128 + SIGTERM, which torchrun reports as a failure of its own
-            assert proc.returncode != 0 and "exitcode  : 143" in proc.stderr, proc.stderr[-3000:]
+            # the ranks exit 128 + SIGTERM, which torchrun reports as a failure of its own (once in a few runs
+            # rank 1 aborted in gloo's teardown instead, after the records were written: see the issue note)
+            assert proc.returncode != 0, proc.stderr[-3000:]
             assert json.loads((outputs / "output01" / "run.json").read_text())["status"] == "interrupted"
             resumed = torchrun(2, [f"resume={outputs / 'output01'}", "++model.signal_at=0"], env, work)
             assert resumed.returncode == 0, resumed.stderr[-3000:]
