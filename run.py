@@ -48,4 +48,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    from audiolab.common.distributed import end_process
+
+    end_process(main)

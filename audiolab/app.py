@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from audiolab.common.distributed import close_world, init_world
+from audiolab.common.distributed import close_world, end_process, init_world
 from audiolab.common.files import atomic_write_text
 from audiolab.common.secrets import redact
 from audiolab.config.overrides import apply_overrides
@@ -128,4 +128,4 @@ def in_optuna_trial() -> bool:
 
 
 if __name__ == "__main__":
-    raise SystemExit(train_trial_rank(sys.argv[1]))
+    end_process(lambda: sys.exit(train_trial_rank(sys.argv[1])))

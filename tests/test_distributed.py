@@ -24,6 +24,10 @@ STEPS = 8
 BASE = ["debug=fast", "logger=none", f"trainer.max_steps={STEPS}", "trainer.val_every=4", "trainer.log_every=1",
         "data.batch_size=4", "trainer.threads=1"]
 SIGNAL_AT = "model._target_=helpers.SignalAt"  # a ConvNeXt U-Net that can signal its own rank
+# Adam turns rounding-sized gradient differences into lr-sized steps; the default 1e-3 on this tiny model makes
+# the grad norm swing 2 -> 20 and the curves part by 1e-4 within 8 steps on some CPUs. A smaller step keeps the
+# comparison about the sharding, not about chaos.
+CALM = "optim.lr=1e-4"
 
 
 def torchrun(nproc: int, args: list[str], env: dict[str, str], cwd: Path, timeout: float = 240
@@ -58,14 +62,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> dict[
     """One process; two processes; two processes signalled on rank 1 during step 3, then resumed."""
     work = tmp_path_factory.mktemp("dist")
     made = {}
-    for name, nproc, extra in (("one", 1, [SIGNAL_AT]), ("two", 2, [SIGNAL_AT]),
-                               ("two_signalled", 2, [SIGNAL_AT, "+model.signal_at=3"])):
+    for name, nproc, extra in (("one", 1, [SIGNAL_AT, CALM]), ("two", 2, [SIGNAL_AT, CALM]),
+                               ("two_signalled", 2, [SIGNAL_AT, CALM, "+model.signal_at=3"])):
         outputs = work / name
         proc = torchrun(nproc, [*BASE, f"paths.outputs={outputs}", *extra], env, work)
         made[name] = outputs
         if name == "two_signalled":
-            # the ranks exit 128 + SIGTERM, which torchrun reports as a failure of its own (once in a few runs
-            # rank 1 aborted in gloo's teardown instead, after the records were written: see the issue note)
+            # the ranks exit 128 + SIGTERM, which torchrun reports as a failure of its own
             assert proc.returncode != 0, proc.stderr[-3000:]
             assert json.loads((outputs / "output01" / "run.json").read_text())["status"] == "interrupted"
             resumed = torchrun(2, [f"resume={outputs / 'output01'}", "++model.signal_at=0"], env, work)
@@ -91,9 +94,10 @@ def test_two_processes_follow_the_loss_curve_of_one(runs: dict[str, Path]) -> No
     assert a.keys() == b.keys()
     for key in a:
         # Float rounding differs from step 1 (the shares' gradients are summed in another order, the spectral
-        # convergence from per-rank sums) and Adam amplifies it over steps; measured over these 8 steps: loss
-        # 7.7e-6, val/spec_loss 1.1e-5, grad norm 2.7e-4 (relative).
-        rtol = {"train/grad_norm": 2e-3, "val/spec_loss": 5e-5}.get(key[1], 2e-5)
+        # convergence from per-rank sums) and Adam amplifies it over steps. Measured over these 8 steps on a
+        # Xeon (relative): loss 7.6e-6, val/spec_loss 6.4e-7, grad norm 7.1e-5 at step 1 and 1.0e-3 at step 8.
+        # A wrong share or a summed instead of averaged gradient moves them by percents at step 1.
+        rtol = {"train/grad_norm": 5e-4 if key[0] == 1 else 1e-2, "val/spec_loss": 5e-5}.get(key[1], 2e-5)
         # val/improvement = 1 - ratio is near 0 in a short run: its difference is bounded absolutely
         atol = 5e-5 if key[1] == "val/improvement" else 0.0
         assert b[key] == pytest.approx(a[key], rel=rtol, abs=atol), key
@@ -244,3 +248,37 @@ def test_a_submitit_job_of_two_tasks_is_one_run_on_two_processes(tmp_path: Path,
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "completed" and record["world_size"] == 2 and record["step"] == STEPS
     assert "rank 1 of 2" in (run / "train.rank1.log").read_text()
+
+
+END_SCRIPT = '''
+import logging, sys
+from audiolab.common.distributed import World, end_process, init_world
+
+def main():
+    world = init_world(30)
+    logging.basicConfig(filename=f"{sys.argv[1]}/rank{world.rank}.log", level=logging.INFO)
+    logging.getLogger("t").info("written before the exit")
+    print(f"rank {world.rank} says bye", end="")
+    sys.exit(3 + world.rank)
+
+end_process(main)
+'''
+
+
+def test_a_torchrun_rank_ends_with_its_status_and_flushed_records(tmp_path: Path, env: dict[str, str]) -> None:
+    """end_process skips the interpreter's teardown (where gloo can abort) but keeps the status, output and logs."""
+    script = tmp_path / "end.py"
+    script.write_text(END_SCRIPT)
+    env = {k: v for k, v in env.items() if k != "PYTHONUNBUFFERED"}  # buffered, as most users run
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "--redirects=3", f"--log-dir={tmp_path / 'logs'}", str(script), str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert "exitcode  : 3" in proc.stderr or "exitcode  : 4" in proc.stderr, proc.stderr[-3000:]
+    said = [p.read_text() for p in sorted((tmp_path / "logs").rglob("stdout.log"))]
+    assert said == ["rank 0 says bye", "rank 1 says bye"]
+    for rank in (0, 1):
+        assert "written before the exit" in (tmp_path / f"rank{rank}.log").read_text()
+    # outside torchrun it is a plain SystemExit with the same status
+    plain = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert plain.returncode == 3 and plain.stdout == "rank 0 says bye"

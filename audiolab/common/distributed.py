@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,9 @@ def lost_rank(err: BaseException, world: World) -> RankLost | None:
                     f"did not answer within trainer.dist_timeout_s): {type(err).__name__}: {text.strip()}")
 
 
+_opened = False  # whether this process opened a process group (then it ends through `end_process`)
+
+
 def init_world(timeout_s: float) -> World:
     """Open the process group once (no-op outside torchrun or when already open) and return the world."""
     world = World.from_env()
@@ -168,7 +171,40 @@ def init_world(timeout_s: float) -> World:
             torch.cuda.set_device(world.local_rank)
             kwargs["device_id"] = torch.device("cuda", world.local_rank)
         dist.init_process_group(backend, timeout=timedelta(seconds=float(timeout_s)), **kwargs)
+    global _opened
+    _opened = True
     return world
+
+
+def end_process(main: Callable[[], object]) -> NoReturn:
+    """Run a process's `main`, then exit with its status; a torchrun rank skips the interpreter's teardown.
+
+    After `destroy_process_group`, gloo's worker threads can still hold finished work whose tensors need the GIL
+    while the interpreter is being finalised; that aborts the process ("terminate called without an active
+    exception", SIGABRT, about 1 run in 12 with 2 CPU ranks here), and torchrun then reports the whole run as failed
+    although every record was written. So a rank that opened a process group closes it, flushes its streams and
+    logs, and leaves with `os._exit`. Outside torchrun this is a plain `SystemExit`.
+    """
+    try:
+        main()
+        code: object = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    if not _opened:
+        raise SystemExit(code)
+    import logging
+    import sys
+
+    close_world()
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def close_world() -> None:
