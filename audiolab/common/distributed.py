@@ -14,9 +14,10 @@ run must not pay for torch.distributed at start-up.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 
 @dataclass(frozen=True)
