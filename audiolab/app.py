@@ -12,6 +12,7 @@ that run reopens the trial and reports to the study, and the job returns the run
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -86,7 +87,8 @@ def train_trial_under_torchrun(cfg: DictConfig, run_dir: Path, meta: dict[str, A
     if code != 0 or record.get("status") not in ("completed", "pruned"):
         raise RunFailed(f"the trial's torchrun on {devices} processes exited {code} (run {run_dir.name}: "
                         f"{record.get('status')}{', ' + record['error'] if record.get('error') else ''})")
-    return float(record["best_val_spec_loss"])
+    best = record.get("best_val_spec_loss")  # null in run.json when no validation was finite
+    return math.inf if best is None else float(best)
 
 
 def train_trial_rank(spec_path: str) -> int:

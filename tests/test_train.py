@@ -113,9 +113,33 @@ def test_injected_nan_fails_clearly_without_checkpoint(run_tiny, outputs: Path) 
     with pytest.raises(RunFailed, match="non-finite loss at step 2"):
         run_tiny("model._target_=helpers.NaNAfter", "+model.nan_at=2")
     run_dir = outputs / "output01"
-    info = json.loads((run_dir / "run.json").read_text())
+    info = strict_json((run_dir / "run.json").read_text())
     assert info["status"] == "failed" and "non-finite loss" in info["error"]
+    assert info.get("best_val_spec_loss") is None  # no validation ran: null or absent, never `Infinity`
     assert not (run_dir / "checkpoints" / "last.pt").exists()
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        strict_json(line)
+
+
+def strict_json(text: str) -> dict:
+    """Parse as a strict JSON reader does: NaN, Infinity and -Infinity are errors."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_metrics_lines_are_strict_json_when_a_value_is_not_finite(tmp_path: Path) -> None:
+    from audiolab.runs.record import RunRecord, read_metrics_by_step
+
+    record = RunRecord.create(tmp_path, config={"lr": float("inf")})
+    record.log_metrics(3, {"train/loss": float("nan"), "train/grad_norm": float("inf"), "perf/s": 0.5})
+    record.log_metrics(3, {"val/spec_loss": 0.25})
+    lines = [strict_json(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0] == {"step": 3, "train/loss": None, "train/grad_norm": None, "perf/s": 0.5}
+    assert strict_json((tmp_path / "run.json").read_text())["config"] == {"lr": None}
+    assert read_metrics_by_step(tmp_path) == {3: {"train/loss": None, "train/grad_norm": None, "perf/s": 0.5,
+                                                  "val/spec_loss": 0.25}}
 
 
 def test_augmentations_follow_the_run_seed_and_change_what_is_trained(run_tiny) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import socket
 import sys
@@ -34,6 +35,22 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
+
+
+def finite_or_null(value: Any) -> Any:
+    """`value` with every NaN and infinity (in nested dicts and lists too) made None: JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """JSON text that any strict parser reads: non-finite numbers become null (Python would write `Infinity`)."""
+    return json.dumps(finite_or_null(value), allow_nan=False, **kwargs)
 
 
 class RunRecord:
@@ -72,7 +89,7 @@ class RunRecord:
 
     def save(self) -> None:
         """Write run.json atomically."""
-        atomic_write_text(self.json_path, json.dumps(self.data, indent=2, default=str) + "\n")
+        atomic_write_text(self.json_path, strict_json(self.data, indent=2, default=str) + "\n")
 
     def finish(self, status: str, **fields: Any) -> None:
         """Record the final status and end time."""
@@ -80,8 +97,8 @@ class RunRecord:
         self.update(status=status, ended=now_iso(), **fields)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        """Append one line {"step": step, key: value, ...} to metrics.jsonl."""
-        line = json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}})
+        """Append one line {"step": step, key: value, ...} to metrics.jsonl (a NaN or infinite value as null)."""
+        line = strict_json({"step": step, **{k: float(v) for k, v in metrics.items()}})
         with self.metrics_path.open("a") as f:
             f.write(line + "\n")
 
@@ -98,3 +115,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     """All lines of a run's metrics.jsonl."""
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_metrics_by_step(run_dir: Path) -> dict[int, dict[str, float]]:
+    """A run's metrics merged by step: the train line and the validation line of one step in one dict."""
+    merged: dict[int, dict[str, float]] = {}
+    for row in read_metrics(run_dir):
+        merged.setdefault(int(row["step"]), {}).update({k: v for k, v in row.items() if k != "step"})
+    return merged
