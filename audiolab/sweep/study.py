@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -84,8 +85,13 @@ def check_study_settings(name: str, objectives: list[str], directions: list[str]
 
 def open_study(url: str, name: str, *, directions: list[str] | None = None, sampler: BaseSampler | None = None,
                pruner: optuna.pruners.BasePruner | None = None, create: bool = False, heartbeat_interval: int = 10,
-               grace_period: int | None = None, max_retry: int | None = 2) -> optuna.Study:
-    """Load study `name` from `url`; with create=True make it first if it is not there yet."""
+               grace_period: int | None = None, max_retry: int | None = 2,
+               metric_names: list[str] | None = None) -> optuna.Study:
+    """Load study `name` from `url`; with create=True make it first if it is not there yet.
+
+    `metric_names` (with create=True) names the objectives in the study itself (`study.metric_names`), so
+    optuna-dashboard and Optuna's plots label them `val/spec_loss`, `step_time`... rather than "Objective 0".
+    """
     storage = open_storage(url, heartbeat_interval, grace_period, max_retry)
     if create:
         with storage_lock(url):
@@ -95,6 +101,10 @@ def open_study(url: str, name: str, *, directions: list[str] | None = None, samp
             raise ValueError(f"study {name!r} already exists with directions "
                              f"{[d.name.lower() for d in study.directions]}, not {list(directions)}; "
                              "choose another hydra.sweeper.study_name")
+        if metric_names and study.metric_names != list(metric_names):
+            with warnings.catch_warnings():  # "experimental" since Optuna 3.2: noise in every sweep's log
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(list(metric_names))
         return study
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)

@@ -112,7 +112,7 @@ class OptunaSweep:
             pruner = build_pruner(s.pruner)
             study = open_study(self.url, s.study_name, directions=list(s.directions), pruner=pruner, create=True,
                                heartbeat_interval=s.heartbeat_interval, grace_period=s.grace_period,
-                               max_retry=s.max_retry)
+                               max_retry=s.max_retry, metric_names=list(s.objectives))
             n_existing = len(study.get_trials(deepcopy=False))
             study.sampler = build_sampler(s.sampler, space, worker_seed(s.sampler.get("seed"), worker or 0,
                                                                         n_existing))
