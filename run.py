@@ -12,7 +12,6 @@ from omegaconf import DictConfig
 
 from audiolab.config import ConfigError, register_configs
 from audiolab.config.resolvers import register_resolvers
-from audiolab.data.folder import DataError
 
 register_configs()
 register_resolvers()
@@ -23,6 +22,7 @@ def main(cfg: DictConfig) -> float:
     """Hydra task: train (or resume) and return the best val/spec_loss for sweepers to minimise."""
     from audiolab.app import in_optuna_trial, launch_from_hydra
     from audiolab.common.distributed import RankLost, close_world
+    from audiolab.data.folder import DataError
     from audiolab.runs.session import RunFailed, RunInterrupted
 
     if in_optuna_trial():

@@ -43,9 +43,28 @@ def _hydra_subdir(resume: str | None = None) -> str | None:
     return ".hydra/resume" if resume else ".hydra"
 
 
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+HIDDEN_GROUPS = ("hydra", "debug/model")  # Hydra's own, and the sizes debug= picks by itself
+
+
+def _user_groups() -> str:
+    """`group: option, ...` lines for `run.py --help`: the groups users pick, not the internal ones.
+
+    Hydra's $APP_CONFIG_GROUPS also lists the typed schemas (`schema/*`) and `debug/model`, which nobody selects.
+    """
+    lines = []
+    for group in sorted(p for p in CONF_DIR.rglob("*") if p.is_dir()):
+        name = group.relative_to(CONF_DIR).as_posix()
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        if options and not name.startswith(HIDDEN_GROUPS):
+            lines.append(f"{name}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 def register_resolvers() -> None:
     """Register audiolab's resolvers once per process."""
     if not OmegaConf.has_resolver("audiolab.run_dir"):
         OmegaConf.register_new_resolver("audiolab.run_dir", _run_dir)
         OmegaConf.register_new_resolver("audiolab.sweep_dir", _sweep_dir, use_cache=True)
         OmegaConf.register_new_resolver("audiolab.hydra_subdir", _hydra_subdir)
+        OmegaConf.register_new_resolver("audiolab.user_groups", _user_groups)

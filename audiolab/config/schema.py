@@ -18,10 +18,10 @@ from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from audiolab.losses.cdpam import cdpam_missing
 from audiolab.losses.kinds import LossKind, loss_kind
-from audiolab.metrics.spectral import SPEC_FFT_SIZES
-from audiolab.models.base import AudioModel, audio_channels_of, hop_length_of
+
+# The checks import the model, metric and loss modules (and so torch) only when they run: the schemas alone
+# are registered by every CLI call, `run.py --help` and tab completion included, which must answer at once.
 
 
 class ConfigError(ValueError):
@@ -228,6 +228,8 @@ def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Check value ranges and cross-group rules; raise ConfigError naming the key."""
+    from audiolab.models.base import AudioModel, audio_channels_of, hop_length_of
+
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -270,6 +272,8 @@ def _check_data(cfg: DictConfig, data: Any, hop_length: int | None, audio: int |
     _need(data.batch_size >= 1, "data.batch_size", data.batch_size, ">= 1")
     _need(data.num_workers >= 0, "data.num_workers", data.num_workers, ">= 0")
     _need(data.loader in ("threads", "processes"), "data.loader", data.loader, "threads or processes")
+    from audiolab.metrics.spectral import SPEC_FFT_SIZES
+
     min_segment = SPEC_FFT_SIZES[0]  # the fixed validation distance's largest STFT frame
     _need(data.segment >= min_segment, "data.segment", data.segment,
           f">= {min_segment} (the largest frame of the fixed val/spec_loss)")
@@ -380,6 +384,8 @@ def validate_metrics(node: Any) -> None:
     _need(not unknown, "metrics.eval", metrics.eval, f"a list of {', '.join(EVAL_METRICS)}")
     _need(metrics.embedder in ("clap", "logmel"), "metrics.embedder", metrics.embedder, "clap or logmel")
     _need(metrics.batch_size >= 1, "metrics.batch_size", metrics.batch_size, ">= 1")
+    from audiolab.losses.cdpam import cdpam_missing
+
     if metrics.val_cdpam and (missing := cdpam_missing()):
         raise ConfigError(f"metrics.val_cdpam=true: {missing}")
     _need(metrics.clap.hop_seconds > 0, "metrics.clap.hop_seconds", metrics.clap.hop_seconds, "> 0")
