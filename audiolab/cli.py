@@ -110,8 +110,56 @@ def _open_study(args: argparse.Namespace) -> tuple[Any, str] | None:
         return None
 
 
+def _runs(args: argparse.Namespace) -> int:
+    from audiolab.runs import table
+
+    outputs = Path(args.outputs)
+    if not outputs.is_dir():
+        print(f"audiolab runs: no outputs directory at {outputs} (--outputs names another)", file=sys.stderr)
+        return 2
+    try:
+        where = [table.Condition.parse(text) for text in args.where]
+    except ValueError as err:
+        print(f"audiolab runs: {err}", file=sys.stderr)
+        return 2
+    rows = table.select(table.read_rows(outputs), sweep=args.sweep, status=args.status, where=where)
+    rows = table.sort_rows(rows, args.sort)
+    if args.format == "json":
+        print(table.to_json(rows))
+    elif args.format == "csv":
+        print(table.to_csv(rows), end="")
+    elif not rows:
+        print(f"audiolab runs: no run under {outputs} matches", file=sys.stderr)
+        return 1
+    else:
+        import shutil
+
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 200
+        print(table.render(rows, width=width), end="")
+    return 0
+
+
+def _add_runs(commands: Any) -> None:
+    runs = commands.add_parser("runs", help="list the numbered runs: status, overrides, best val/spec_loss, ...",
+                               description="Every numbered run under --outputs, one row each, from its run.json.")
+    runs.add_argument("--outputs", default="outputs", help="where numbered runs live (default: outputs)")
+    runs.add_argument("--sweep", help="only the runs of one grid or sweep: sweepNN, or an Optuna study's name")
+    runs.add_argument("--status", action="append", default=[],
+                      choices=("running", "completed", "failed", "interrupted", "pruned"),
+                      help="only runs with this status (repeatable)")
+    runs.add_argument("--where", action="append", default=[], metavar="KEY<OP>VALUE",
+                      help="keep runs whose config key (optim.lr) or column (best, steps, status, ...) passes, "
+                           "e.g. --where 'optim.lr>1e-3'; OP is one of = != < <= > >= (repeatable: all must hold)")
+    runs.add_argument("--sort", choices=("number", "best", "improvement", "wall", "started"), default="number",
+                      help="row order (default: number; best, wall: lowest first; improvement: highest first)")
+    fmt = runs.add_mutually_exclusive_group()
+    fmt.add_argument("--json", dest="format", action="store_const", const="json", help="print JSON instead")
+    fmt.add_argument("--csv", dest="format", action="store_const", const="csv", help="print CSV instead")
+    runs.set_defaults(func=_runs, format="table")
+
+
 def _sweep_show(args: argparse.Namespace) -> int:
-    from audiolab.sweep.review import format_table, state_counts, study_directions, trial_rows
+    from audiolab.sweep.review import baseline_lines, format_table, state_counts, study_directions, trial_rows
 
     opened = _open_study(args)
     if opened is None:
@@ -120,6 +168,8 @@ def _sweep_show(args: argparse.Namespace) -> int:
     rows = trial_rows(study)
     counts = ", ".join(f"{n} {name.lower()}" for name, n in state_counts(rows).items()) or "no trials"
     print(f"study {study.study_name} ({shown}): {len(rows)} trials: {counts}")
+    for line in baseline_lines(rows):  # the do-nothing baseline, and the trials that do worse than it
+        print(line)
     print(format_table(rows, sort=args.sort, directions=study_directions(study)))
     return 0
 
@@ -224,6 +274,36 @@ def _add_evaluate(commands: Any) -> None:
     evaluate.set_defaults(func=_evaluate)
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from audiolab.common.numbering import find_run_dir
+    from audiolab.runs.listening import default_page_path, write_compare_page
+
+    try:
+        run_dirs = [find_run_dir(ref, Path(args.outputs)) for ref in args.runs]
+        out = Path(args.out) if args.out else default_page_path(run_dirs)
+        print(write_compare_page(run_dirs, out))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"audiolab compare: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_compare(commands: Any) -> None:
+    compare = commands.add_parser(
+        "compare", help="one self-contained HTML page setting runs side by side: differing config, curves, audio",
+        description="Write one HTML page (everything embedded: it opens offline) with the runs' best val/spec_loss,\n"
+                    "the config keys that differ between them, their validation curves on one plot, and for each\n"
+                    "fixed validation clip the input, every run's output (from its best step) and the target, with\n"
+                    "players and spectrograms on one shared colour scale. Prints the page's path.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  audiolab compare 23 27\n  audiolab compare output23 output27 output31 --out cmp.html")
+    compare.add_argument("runs", nargs="+", help="runs: NN, outputNN or paths to run directories")
+    compare.add_argument("--outputs", default="outputs", help="where numbered runs live (default: outputs)")
+    compare.add_argument("--out", default=None,
+                         help="the HTML file (default: <outputs>/compare/compare_<runs>.html, beside the first run)")
+    compare.set_defaults(func=_compare)
+
+
 def _add_data(commands: Any) -> None:
     data = commands.add_parser("data", help="prepare a folder dataset's cache ahead of training")
     actions = data.add_subparsers(dest="data_command", required=True, metavar="{prepare}")
@@ -261,10 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `audiolab` command."""
     parser = argparse.ArgumentParser(prog="audiolab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_runs(commands)
     _add_reproduce(commands)
     _add_sweep(commands)
     _add_data(commands)
     _add_evaluate(commands)
+    _add_compare(commands)
     return parser
 
 
