@@ -360,7 +360,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    # The console gets what run.py's console gets (conf/hydra/job_logging/audiolab.yaml): INFO and up, message
+    # only; the run's train.log, written by the session, keeps the per-step DEBUG lines.
+    console = logging.StreamHandler(sys.stdout)
+    console.setLevel(logging.INFO)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[console])
     return args.func(args)
 
 

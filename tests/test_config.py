@@ -127,3 +127,17 @@ def test_targets_are_imported_not_built_and_a_bad_one_names_its_key() -> None:
         validate_config(compose_config(["loss=mrstft_l1", "loss.terms.l1._target_=torch.nn.NoSuchLoss"]))
     with pytest.raises(ConfigError, match=r"model\._target_='audiolab\.models\.nope\.Net' cannot be imported"):
         validate_config(compose_config(["model._target_=audiolab.models.nope.Net"]))
+
+
+def test_a_saved_config_takes_a_standalone_group_option_for_a_whole_section() -> None:
+    """`audiolab reproduce output27 logger=none` switches W&B off; a section without such an option is refused."""
+    from audiolab.config.overrides import apply_overrides
+
+    saved = compose_config(["logger=wandb"])
+    saved = OmegaConf.create(OmegaConf.to_container(saved, resolve=False))
+    assert saved.logger._target_.endswith("WandbLogger")
+    quiet = apply_overrides(saved, ["logger=none"])
+    assert OmegaConf.to_container(quiet.logger) == {"_target_": "audiolab.runs.loggers.NullLogger"}
+    assert saved.logger._target_.endswith("WandbLogger")  # the saved config itself is left as it was
+    with pytest.raises(ConfigError, match=r"logger is a whole config section.*\(logger=none, wandb\)"):
+        apply_overrides(saved, ["logger=nonesuch"])

@@ -151,3 +151,36 @@ def test_augmentations_follow_the_run_seed_and_change_what_is_trained(run_tiny) 
     assert _reproducible(read_metrics(threaded)) == _reproducible(read_metrics(inline))
     assert losses(threaded) != losses(plain) and losses(threaded) != losses(other_seed)
     assert "augmentations: pitch(p=0.3" in (threaded / "train.log").read_text()
+
+
+def test_log_lines_go_around_the_progress_bar_while_it_is_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal the bar is drawn and console log records are written through tqdm, never into the bar."""
+    import io
+    import logging
+    import sys
+    from types import SimpleNamespace
+
+    from audiolab.train.hooks import ConsoleHook
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    root = logging.getLogger()
+    console = logging.StreamHandler(sys.stderr)
+    root.addHandler(console)
+    try:
+        hook = ConsoleHook("output01", enabled=True)
+        hook.on_start(SimpleNamespace(max_steps=10, state=SimpleNamespace(step=0)))
+        during = list(root.handlers)
+        logging.getLogger("audiolab.train").warning("step 5: val/spec_loss 0.5")
+        hook.on_end(SimpleNamespace())
+        after = list(root.handlers)
+    finally:
+        root.removeHandler(console)
+    assert console not in during and any(type(h).__name__ == "_TqdmLoggingHandler" for h in during)
+    assert console in after
+    # the line starts on a line of its own: the bar was cleared (\r) before it was written
+    assert "\nstep 5: val/spec_loss 0.5\n" in terminal.getvalue().replace("\r", "\n")

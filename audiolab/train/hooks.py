@@ -13,6 +13,7 @@ talk to W&B or to Optuna are in audiolab/runs/hooks.py.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from audiolab.train.checkpoint import save_checkpoint
 from audiolab.train.state import TrainState
@@ -155,10 +157,14 @@ class ConsoleHook(Hook):
     def __init__(self, name: str, enabled: bool) -> None:
         self.name, self.enabled = name, enabled
         self.bar: tqdm | None = None
+        self.redirect = contextlib.ExitStack()
 
     def on_start(self, training: Training) -> None:
         self.bar = tqdm(total=training.max_steps, initial=training.state.step, desc=self.name, dynamic_ncols=True,
                         leave=False, disable=None if self.enabled else True)
+        if not self.bar.disable:
+            # console log lines go through tqdm.write while the bar is up, so they never land inside it
+            self.redirect.enter_context(logging_redirect_tqdm())
 
     def on_step(self, state: TrainState) -> None:
         self.bar.update(1)
@@ -175,6 +181,7 @@ class ConsoleHook(Hook):
     def on_end(self, end: RunEnd) -> None:
         if self.bar is not None:
             self.bar.close()
+        self.redirect.close()
 
 
 class StepCallback(Hook):
