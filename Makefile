@@ -18,7 +18,7 @@ install: $(STAMP)
 EXTRAS := --extra dev --extra cdpam
 $(STAMP): pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --locked $(EXTRAS)
+	$(UV) sync --locked --compile-bytecode $(EXTRAS)
 	@touch $@
 
 train: $(STAMP)

@@ -24,20 +24,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import matplotlib
+import optuna
+from optuna.trial import FrozenTrial, TrialState
 
-matplotlib.use("Agg")  # headless: the report is written on clusters without a display
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
-
-from audiolab.runs.record import read_metrics  # noqa: E402
-from audiolab.sweep.storage import JOURNAL_PREFIX, display_url  # noqa: E402
-from audiolab.sweep.study import (  # noqa: E402
+from audiolab.runs.record import read_metrics
+from audiolab.sweep.storage import JOURNAL_PREFIX, display_url
+from audiolab.sweep.study import (
     ATTR_BEST_STEP,
     ATTR_FAIL_REASON,
     ATTR_INTERRUPTED,
@@ -45,6 +40,9 @@ from audiolab.sweep.study import (  # noqa: E402
     ATTR_RUN_DIR,
     ATTR_RUN_NUMBER,
 )
+
+if TYPE_CHECKING:  # plotly and matplotlib are imported by the report alone: `sweep show` answers at once
+    import plotly.graph_objects as go
 
 CURVE_METRIC = "val/spec_loss"
 BASELINE_METRIC, IMPROVEMENT_METRIC = "val/spec_loss_input", "val/improvement"
@@ -355,6 +353,8 @@ def relabel_importances(fig: go.Figure) -> go.Figure:
 
 
 def _baseline_trace(x0: float, x1: float, baseline: float) -> go.Scatter:
+    import plotly.graph_objects as go
+
     if x0 == x1:  # one validation step (or one trial): a line of no length would not show
         x0, x1 = x0 - 0.5, x1 + 0.5
     return go.Scatter(x=[x0, x1], y=[baseline, baseline], mode="lines", name=f"do nothing ({baseline:.5f})",
@@ -364,6 +364,8 @@ def _baseline_trace(x0: float, x1: float, baseline: float) -> go.Scatter:
 def intermediate_figure(study: optuna.Study, baseline: float | None = None) -> go.Figure | None:
     """Each trial's reported values by step; pruned trials dashed red with a × where the pruner stopped them,
     and the do-nothing baseline (when given) as a dotted line."""
+    import plotly.graph_objects as go
+
     fig = go.Figure()
     everything: list[float] = []
     steps_seen: list[int] = []
@@ -545,6 +547,11 @@ def _curves_html(top: list[dict[str, Any]], files_dir: Path, base: Path, baselin
 
 
 def _curves_png(top: list[dict[str, Any]], path: Path, baseline: float | None = None) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: the report is written on clusters without a display
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(9, 4.8))
     everything: list[float] = []
     for row in top:
