@@ -6,14 +6,14 @@ strings, lists and dicts (the RNG states included).
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from audiolab.common.files import atomic_path
 
 
 def capture_rng() -> dict[str, Any]:
@@ -43,16 +43,12 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save to a temporary file beside `path`, then os.replace: a crash never leaves half a file."""
+    """torch.save through `atomic_path`: a crash never leaves half a file, a power loss no empty one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    for stale in path.parent.glob(f"{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)  # a checkpoint-sized leftover of a process killed mid-write (rank 0 alone saves)
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
