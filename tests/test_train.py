@@ -184,3 +184,29 @@ def test_log_lines_go_around_the_progress_bar_while_it_is_up(monkeypatch: pytest
     assert console in after
     # the line starts on a line of its own: the bar was cleared (\r) before it was written
     assert "\nstep 5: val/spec_loss 0.5\n" in terminal.getvalue().replace("\r", "\n")
+
+
+def test_last_pt_is_written_after_the_validation_is_recorded(run_tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    """last.pt is the commit point: a kill before it replays the validation on resume, so none is lost."""
+    import audiolab.train.hooks as train_hooks
+
+    events: list[tuple[str, int, bool]] = []
+    real_save = train_hooks.save_checkpoint
+
+    def save(path: Path, payload: dict) -> None:
+        metrics = path.parent.parent / "metrics.jsonl"
+        rows = read_metrics(path.parent.parent) if metrics.exists() else []
+        recorded = any("val/spec_loss" in row and row["step"] == payload["step"] for row in rows)
+        events.append((path.name, payload["step"], recorded))
+        real_save(path, payload)
+
+    monkeypatch.setattr(train_hooks, "save_checkpoint", save)
+    run_dir, _ = run_tiny("trainer.max_steps=4", "trainer.val_every=2")
+    assert [(name, step) for name, step, _ in events if name == "last.pt"] == [("last.pt", 2), ("last.pt", 4)]
+    assert all(recorded for name, _, recorded in events if name == "last.pt")
+    order = [(name, step) for name, step, _ in events]
+    assert ("best.pt", 2) in order  # the first validation is always an improvement
+    for name, step in order:
+        if name == "best.pt":  # best.pt of a step is written before that step's last.pt
+            assert order.index((name, step)) < order.index(("last.pt", step))
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"

@@ -5,6 +5,9 @@ The loop tells every hook the same events, in list order:
 - `on_step(state)`: at the end of every step, after its log line and validation;
 - `on_log(step, figures)`: every trainer.log_every steps;
 - `on_validation(training, validation)`: after each validation; returning True stops the run as pruned;
+- `after_validation(training, validation)`: once every hook has heard the validation. last.pt is written here,
+  as the commit point: a kill before it resumes from the previous last.pt and replays the validation, so no
+  validation line is lost and best.pt (written before it) is never older than what run.json says;
 - `on_end(end)`: once, however the run ended (completed, interrupted, pruned or failed).
 
 This module has the hooks that need nothing above the training layer; the ones that write run.json,
@@ -96,6 +99,9 @@ class Hook:
         """A validation has finished; True stops the run as pruned."""
         return False
 
+    def after_validation(self, training: Training, validation: Validation) -> None:
+        """Every hook has handled this validation (and its records are written)."""
+
     def on_end(self, end: RunEnd) -> None:
         """The run is over."""
 
@@ -120,6 +126,8 @@ class Hooks(Hook):
 
     def on_validation(self, training: Training, validation: Validation) -> bool:
         verdicts = [hook.on_validation(training, validation) for hook in self.hooks]  # every hook hears it
+        for hook in self.hooks:
+            hook.after_validation(training, validation)
         return any(verdicts)
 
     def on_end(self, end: RunEnd) -> None:
@@ -128,7 +136,7 @@ class Hooks(Hook):
 
 
 class CheckpointHook(Hook):
-    """last.pt at every validation and on a clean interrupt, best.pt when validation improved."""
+    """best.pt when validation improved, then last.pt after every hook recorded it, and on a clean interrupt."""
 
     def __init__(self, run_dir: Path) -> None:
         self.dir = Path(run_dir) / "checkpoints"
@@ -138,11 +146,12 @@ class CheckpointHook(Hook):
         self.state = training.state
 
     def on_validation(self, training: Training, validation: Validation) -> bool:
-        payload = self.state.state_dict()
-        save_checkpoint(self.dir / "last.pt", payload)
         if validation.improved:
-            save_checkpoint(self.dir / "best.pt", payload)
+            save_checkpoint(self.dir / "best.pt", self.state.state_dict())
         return False
+
+    def after_validation(self, training: Training, validation: Validation) -> None:
+        save_checkpoint(self.dir / "last.pt", self.state.state_dict())
 
     def on_end(self, end: RunEnd) -> None:
         if end.status == "interrupted" and end.error is None and self.state is not None:
