@@ -210,3 +210,23 @@ def test_last_pt_is_written_after_the_validation_is_recorded(run_tiny, monkeypat
         if name == "best.pt":  # best.pt of a step is written before that step's last.pt
             assert order.index((name, step)) < order.index(("last.pt", step))
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(run_tiny, outputs: Path) -> None:
+    class Killed(BaseException):
+        """What kill -9 leaves: no clean end, no last.pt."""
+
+    full_dir, _ = run_tiny("trainer.max_steps=4", "trainer.val_every=2")
+
+    def kill_at_1(step: int) -> None:
+        if step == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_tiny("trainer.max_steps=4", "trainer.val_every=2", after_step=kill_at_1)
+    cut_dir = outputs / "output02"
+    assert not (cut_dir / "checkpoints" / "last.pt").exists() and read_metrics(cut_dir)
+    run_training(load_resolved_config(cut_dir), cut_dir, resume=True)
+    info = json.loads((cut_dir / "run.json").read_text())
+    assert info["status"] == "completed" and len(info["resumes"]) == 1
+    assert _reproducible(read_metrics(cut_dir)) == _reproducible(read_metrics(full_dir))

@@ -155,9 +155,16 @@ def train(cfg: DictConfig, run_dir: Path, hooks: Sequence[Hook] = (), resume: bo
     """Train `cfg` (resolved and validated) in `run_dir`; with resume=True continue from checkpoints/last.pt."""
     training = build_training(cfg)
     state = training.state
-    if resume:
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    if resume and not last.is_file():
+        # killed before its first validation wrote last.pt: nothing to continue, so start over in place (the
+        # lines it logged are dropped by the record as past the checkpoint, here step 0)
+        training.resumed = True
+        log.warning("%s has no checkpoint yet (stopped before its first validation): training it from step 0",
+                    Path(run_dir).name)
+    elif resume:
         # Loaded on CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
-        state.load_state_dict(load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt", map_location="cpu"))
+        state.load_state_dict(load_checkpoint(last, map_location="cpu"))
         training.resumed = True
         log.info("resumed from step %d (best val/spec_loss %.5f at step %s)", state.step, state.best_value,
                  state.best_step)
