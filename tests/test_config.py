@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -82,13 +83,22 @@ def test_segment_must_be_a_multiple_of_the_hop() -> None:
         validate_config(cfg)
 
 
-@pytest.mark.parametrize("override,key", [("optim.lr=-1", "optim.lr"), ("trainer.max_steps=abc", "max_steps")])
+@pytest.mark.parametrize("override,key", [("optim.lr=abc", "optim.lr='abc' is not a number"),
+                                          ("optim.weight_decay=lots", "optim.weight_decay='lots' is not a number"),
+                                          ("optim.scheduler.warmup_steps=1.5x", "optim.scheduler.warmup_steps")])
+def test_a_value_that_is_not_a_number_is_named_not_a_traceback(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        validate_config(compose_config(override.split()))
+
+
+@pytest.mark.parametrize("override,key", [("optim.lr=-1", "optim.lr"), ("trainer.max_steps=abc", "max_steps"),
+                                          ("optim.lr=abc", "optim.lr='abc' is not a number")])
 def test_cli_bad_values_exit_nonzero_and_leave_no_run_dir(override: str, key: str, tmp_path: Path,
                                                           cli_env: dict[str, str]) -> None:
     outputs = tmp_path / "outputs"
     proc = run_cli(["debug=fast", "logger=none", f"paths.outputs={outputs}", override], cli_env, tmp_path)
     assert proc.returncode != 0
-    assert key in proc.stderr + proc.stdout
+    assert key in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
     leftovers = [p.name for p in outputs.iterdir()] if outputs.exists() else []
     assert not [n for n in leftovers if n.startswith("output")], leftovers
 

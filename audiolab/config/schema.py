@@ -317,24 +317,33 @@ def _check_task(task: DictConfig) -> None:
     _need(bank is None or int(bank) >= 1, "task.lowpass_bank", bank, ">= 1, or null for exact cutoffs")
 
 
+def _number(key: str, value: Any, kind: type = float) -> Any:
+    """`value` as a float (or int); ConfigError naming `key` when it is not one (`optim.lr=abc`)."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a number (e.g. {key}=1e-3)") from None
+
+
 def _check_optim(optim: DictConfig) -> None:
-    lr = optim.get("lr")
-    _need(lr is not None and math.isfinite(float(lr)) and float(lr) > 0, "optim.lr", lr, "> 0")
+    lr = None if optim.get("lr") is None else _number("optim.lr", optim.get("lr"))
+    _need(lr is not None and math.isfinite(lr) and lr > 0, "optim.lr", lr, "> 0")
     for key in ("adamw_lr", "momentum"):
         if key in optim:
-            value = float(optim[key])
+            value = _number(f"optim.{key}", optim[key])
             upper = 1.0 if key == "momentum" else math.inf
             _need(0 < value < upper, f"optim.{key}", value, "(0, 1)" if key == "momentum" else "> 0")
-    wd = float(optim.get("weight_decay", 0.0))
+    wd = _number("optim.weight_decay", optim.get("weight_decay", 0.0))
     _need(wd >= 0, "optim.weight_decay", wd, ">= 0")
     clip = optim.get("grad_clip")
-    _need(clip is None or float(clip) > 0, "optim.grad_clip", clip, "> 0, or null for no clipping")
+    _need(clip is None or _number("optim.grad_clip", clip) > 0, "optim.grad_clip", clip,
+          "> 0, or null for no clipping")
     sched = optim.get("scheduler", {})
-    warm = int(sched.get("warmup_steps", 0))
+    warm = _number("optim.scheduler.warmup_steps", sched.get("warmup_steps", 0), int)
     _need(warm >= 0, "optim.scheduler.warmup_steps", warm, ">= 0")
     decay = sched.get("decay", "constant")
     _need(decay in ("constant", "cosine"), "optim.scheduler.decay", decay, "constant or cosine")
-    floor = float(sched.get("min_lr_ratio", 0.0))
+    floor = _number("optim.scheduler.min_lr_ratio", sched.get("min_lr_ratio", 0.0))
     _need(0.0 <= floor <= 1.0, "optim.scheduler.min_lr_ratio", floor, "[0, 1]")
 
 
