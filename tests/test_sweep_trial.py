@@ -53,3 +53,23 @@ def test_a_completed_trial_gets_the_best_value_and_step(tiny_overrides: list[str
     assert sorted(trial.intermediate_values) == [2, 4]
     timing = json.loads((run_dir / "run.json").read_text())["timing"]
     assert timing["steps"] == 4 and timing["train_s"] > 0 and timing["validate_s"] > 0
+
+
+def test_a_trial_is_never_pruned_at_its_last_step() -> None:
+    """The pruner hears the last validation too, but a run that reached max_steps completes."""
+    from types import SimpleNamespace
+
+    from audiolab.runs.hooks import TrialHook
+
+    reported: list[int] = []
+
+    class AlwaysPrune:
+        def report(self, step: int, value: float) -> bool:
+            reported.append(step)
+            return True
+
+    hook = TrialHook(AlwaysPrune())
+    training = SimpleNamespace(max_steps=10)
+    assert hook.on_validation(training, SimpleNamespace(step=5, metrics={"val/spec_loss": 0.5})) is True
+    assert hook.on_validation(training, SimpleNamespace(step=10, metrics={"val/spec_loss": 0.5})) is False
+    assert reported == [5, 10]

@@ -176,6 +176,8 @@ class TrialHook(Hook):
 
     def on_validation(self, training: Training, validation: Validation) -> bool:
         prune = self.trial.report(validation.step, validation.metrics["val/spec_loss"])
+        # at the last step the run is complete: pruning it then would only record a finished trial as PRUNED
+        prune = prune and validation.step < training.max_steps
         if prune:
             log.info("step %d: pruned by the sweep's pruner", validation.step)
         return prune
