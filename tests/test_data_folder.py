@@ -374,3 +374,23 @@ def test_train_end_to_end_on_a_folder(corpus: Path, run_tiny) -> None:
 def test_channel_mismatch_between_data_and_model_is_a_config_error(corpus: Path, run_tiny) -> None:
     with pytest.raises(ConfigError, match=r"model.channels\[0\]=1 does not match data.channels=2"):
         run_tiny("data=folder", f"data.path={corpus}", "data.channels=2")
+
+
+def test_what_training_sees_is_checked_after_the_mixdown(tmp_path: Path) -> None:
+    """Out-of-phase stereo mixed to mono is silence; a DC file has no audio; a clipped file gets a true note."""
+    src = tmp_path / "src"
+    src.mkdir()
+    tone = _tone(2.0, SR, amp=0.5)[:, 0]
+    sf.write(src / "good.wav", tone, SR, subtype="PCM_16")
+    sf.write(src / "out_of_phase.wav", np.stack([tone, -tone], axis=1), SR, subtype="PCM_16")
+    sf.write(src / "dc.wav", np.full(2 * SR, 0.25, np.float32), SR, subtype="PCM_16")
+    sf.write(src / "clipped.wav", np.clip(_tone(2.0, SR, amp=4.0), -1, 1), SR, subtype="PCM_16")
+    prepared = _prepare(src, tmp_path / "cache")
+    reasons = {s["name"]: s["reason"] for s in prepared.cache.index["skipped"]}
+    assert reasons["out_of_phase.wav"].startswith("silent once mixed to 1 channel")
+    assert reasons["dc.wav"].startswith("a constant signal (DC at +0.2500")
+    clipped = next(c for c in prepared.cache.clips if c["name"] == "clipped.wav")
+    assert [n for n in clipped["notes"] if n.startswith("clipped: ")], clipped["notes"]
+    assert not [n for n in clipped["notes"] if "-0.0 dB" in n], clipped["notes"]
+    good = next(c for c in prepared.cache.clips if c["name"] == "good.wav")
+    assert not good.get("notes")

@@ -26,6 +26,8 @@ from audiolab.data.loudness import LoudnessMeter
 
 BLOCK_FRAMES = 1 << 17  # ~3 s at 44.1 kHz per read: bounded memory, few Python round trips
 SILENCE_PEAK = 2.0 ** -16  # below half a 16-bit LSB: the file would store as all zeros
+FULL_SCALE = 0.999  # a source sample at or above this (in magnitude) counts as clipped
+CLIPPED_NOTE_FRACTION = 0.01  # a note when more than 1 % of the source samples are clipped
 
 
 class StreamingResampler:
@@ -83,6 +85,32 @@ class StreamingResampler:
                                                        np.float32)])
         out = self._run(padded[:2 * self.context + groups * self.orig], groups)
         return out[:remaining]
+
+
+class _Moments:
+    """Running peak, mean and standard deviation of (frames, channels) blocks (float64 sums)."""
+
+    def __init__(self) -> None:
+        self.n, self.total, self.squares, self.peak = 0, 0.0, 0.0, 0.0
+
+    def update(self, block: np.ndarray) -> None:
+        values = block.astype(np.float64, copy=False)
+        self.n += values.size
+        self.total += float(values.sum())
+        self.squares += float(np.square(values).sum())
+        self.peak = max(self.peak, float(np.abs(values).max())) if values.size else self.peak
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else 0.0
+
+    @property
+    def rms(self) -> float:
+        return math.sqrt(self.squares / self.n) if self.n else 0.0
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(max(0.0, self.squares / self.n - self.mean ** 2)) if self.n else 0.0
 
 
 def mix_channels(block: np.ndarray, channels: int) -> np.ndarray:
@@ -168,7 +196,8 @@ def decode_file(path: Path, rel: str, sample_rate: int, channels: int, shard: Pa
         declared = handle.frames if handle.seekable() else -1
         resampler = StreamingResampler(handle.samplerate, sample_rate, channels)
         meter = LoudnessMeter(sample_rate, channels) if measure_loudness else None
-        source_peak, read = 0.0, 0
+        source_peak, read, clipped = 0.0, 0, 0
+        mixed = _Moments()  # of what training sees: after the channel mix, before resampling
         out = shard.open("wb") if shard is not None else None
         try:
             def emit(frames: np.ndarray) -> None:
@@ -187,9 +216,13 @@ def decode_file(path: Path, rel: str, sample_rate: int, channels: int, shard: Pa
                     bad = read + int(np.argmin(finite.all(axis=1)))
                     result.reason = f"non-finite samples (NaN or Inf) at {bad / handle.samplerate:.3f} s"
                     return result
-                source_peak = max(source_peak, float(np.abs(block).max()))
+                magnitude = np.abs(block)
+                source_peak = max(source_peak, float(magnitude.max()))
+                clipped += int(np.count_nonzero(magnitude >= FULL_SCALE))
                 read += len(block)
-                emit(resampler.push(mix_channels(block, channels)))
+                block = mix_channels(block, channels)
+                mixed.update(block)
+                emit(resampler.push(block))
             emit(resampler.flush())
         except Exception as err:  # noqa: BLE001 - a decode error mid-file is a skip reason too
             result.reason = f"decoding failed after {read} frames: {_open_reason(path, err).split(': ', 1)[-1]}"
@@ -202,6 +235,17 @@ def decode_file(path: Path, rel: str, sample_rate: int, channels: int, shard: Pa
         result.reason = "no audio frames"
     elif source_peak < SILENCE_PEAK:
         result.reason = "digital silence (every sample is zero or below half a 16-bit LSB)"
+    elif mixed.rms < SILENCE_PEAK and result.source_channels > channels:
+        result.reason = (f"silent once mixed to {channels} channel{'s' if channels > 1 else ''}: its "
+                         f"{result.source_channels} channels cancel (out of phase)")
+    elif mixed.rms < SILENCE_PEAK:
+        result.reason = "near silence (its RMS is below half a 16-bit LSB)"
+    elif mixed.std < SILENCE_PEAK:
+        result.reason = f"a constant signal (DC at {mixed.mean:+.4f}, no variation): no audio in it"
+    # a float file above full scale is not clipped (the clipping guard scales it); one pinned at full scale is
+    if result.ok and source_peak <= 1.0 and clipped > CLIPPED_NOTE_FRACTION * read * max(1, result.source_channels):
+        share = 100 * clipped / (read * max(1, result.source_channels))
+        result.notes.append(f"clipped: {share:.1f} % of its samples are at full scale")
     if declared > 0 and read < declared:
         result.notes.append(f"truncated: read {read} of {declared} declared frames")
     if meter is not None and result.ok:
