@@ -132,6 +132,24 @@ def test_two_workers_share_a_journal_file_without_a_batch_barrier(sweep_args: li
     assert not (outputs / "optuna.db").exists()
 
 
+def test_processes_started_by_hand_on_one_study_draw_different_parameters(sweep_args: list[str], outputs: Path,
+                                                                          env: dict[str, str], tmp_path: Path) -> None:
+    """The several-machines recipe: the same command started 3 times; no two trials may share parameters."""
+    journal = f"journal:{outputs}/optuna.journal"
+    cmd = [sys.executable, str(REPO / "run.py"), *sweep_args, "hydra.sweeper.n_trials=6",
+           f"hydra.sweeper.storage={journal}", "trainer.threads=1"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    trials = trials_of(outputs, journal)
+    assert len(trials) >= 6
+    drawn = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(drawn)) == len(drawn), drawn
+    assert open_study(storage_url(journal, outputs), STUDY).user_attrs["sampler_starts"] == 3
+
+
 def test_failed_trials_keep_their_reason_and_the_sweep_goes_on(outputs: Path, env: dict[str, str],
                                                                tmp_path: Path) -> None:
     models = "choice(audiolab.models.convnext1d.ConvNeXtUNet1d,helpers.NaNAfter,helpers.RaiseAfter)"

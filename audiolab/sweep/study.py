@@ -30,11 +30,27 @@ def _settings(cfg: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
     return str(settings.pop("kind", "")), settings
 
 
-def worker_seed(seed: int | None, worker: int, existing_trials: int) -> int | None:
-    """A sampler seed per worker and per start, so parallel or resumed workers do not replay the same draws."""
+def worker_seed(seed: int | None, start: int) -> int | None:
+    """The sampler seed of the `start`-th process to open this study (see `claim_start`)."""
     if seed is None:
         return None
-    return int(np.random.SeedSequence([int(seed), worker, existing_trials]).generate_state(1)[0])
+    return int(np.random.SeedSequence([int(seed), start]).generate_state(1)[0])
+
+
+ATTR_STARTS = "sampler_starts"  # study attribute: how many sweep processes have opened the study
+
+
+def claim_start(study: optuna.Study, url: str) -> int:
+    """A number no other process gets for this study, wherever it runs: its sampler seed differs from theirs.
+
+    Separately started processes (the several-machines recipe) all used to be worker 0 with 0 trials seen, so
+    they drew the same parameters. The count lives in the study and is bumped under the storage's
+    cross-process lock (a file lock, or PostgreSQL's advisory lock).
+    """
+    with storage_lock(url):
+        start = int(study.user_attrs.get(ATTR_STARTS, 0))
+        study.set_user_attr(ATTR_STARTS, start + 1)
+    return start
 
 
 def build_sampler(cfg: Mapping[str, Any] | None, space: SearchSpace, seed: int | None) -> BaseSampler:

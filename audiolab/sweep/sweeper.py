@@ -56,6 +56,7 @@ from audiolab.sweep.study import (
     build_pruner,
     build_sampler,
     check_study_settings,
+    claim_start,
     open_study,
     worker_seed,
 )
@@ -113,9 +114,8 @@ class OptunaSweep:
             study = open_study(self.url, s.study_name, directions=list(s.directions), pruner=pruner, create=True,
                                heartbeat_interval=s.heartbeat_interval, grace_period=s.grace_period,
                                max_retry=s.max_retry, metric_names=list(s.objectives))
-            n_existing = len(study.get_trials(deepcopy=False))
-            study.sampler = build_sampler(s.sampler, space, worker_seed(s.sampler.get("seed"), worker or 0,
-                                                                        n_existing))
+            study.sampler = build_sampler(s.sampler, space,
+                                          worker_seed(s.sampler.get("seed"), claim_start(study, self.url)))
         except ValueError as err:
             raise SweepStopped(f"audiolab: sweep config error: {err}") from None
         n_trials = int(s.n_trials)
