@@ -145,7 +145,7 @@ def _add_runs(commands: Any) -> None:
     runs.add_argument("--outputs", default="outputs", help="where numbered runs live (default: outputs)")
     runs.add_argument("--sweep", help="only the runs of one grid or sweep: sweepNN, or an Optuna study's name")
     runs.add_argument("--status", action="append", default=[],
-                      choices=("running", "completed", "failed", "interrupted", "pruned"),
+                      choices=("running", "completed", "failed", "interrupted", "pruned", "dead"),
                       help="only runs with this status (repeatable)")
     runs.add_argument("--where", action="append", default=[], metavar="KEY<OP>VALUE",
                       help="keep runs whose config key (optim.lr) or column (best, steps, status, ...) passes, "

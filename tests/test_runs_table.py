@@ -106,3 +106,29 @@ def test_run_py_help_lists_the_groups_users_pick(tmp_path: Path, cli_env: dict[s
     assert "schema/" not in proc.stdout and "debug/model" not in proc.stdout and "powered by Hydra" not in proc.stdout
     assert not (tmp_path / "outputs").exists()  # asking for help claims no run
     assert (REPO / "conf" / "hydra" / "help" / "audiolab.yaml").is_file()
+
+
+def test_a_killed_run_shows_as_dead_not_running(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """run.json cannot say it was killed -9; the table sees that its process on this host is gone."""
+    import signal
+    import time
+
+    outputs = tmp_path / "outputs"
+    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), "debug=fast", "logger=none",
+                             f"paths.outputs={outputs}", "trainer.max_steps=100000", "trainer.val_every=100000"],
+                            cwd=tmp_path, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    record = outputs / "output01" / "run.json"
+    try:
+        deadline = time.monotonic() + 120
+        while not (record.is_file() and "parameters" in record.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        live = json.loads(audiolab(["runs", "--outputs", str(outputs), "--json"], cli_env, tmp_path).stdout)
+        assert [r["status"] for r in live] == ["running"]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert json.loads(record.read_text())["status"] == "running"  # what the killed process left
+    dead = json.loads(audiolab(["runs", "--outputs", str(outputs), "--json"], cli_env, tmp_path).stdout)
+    assert [r["status"] for r in dead] == ["dead"]
+    shown = audiolab(["runs", "--outputs", str(outputs), "--status", "dead"], cli_env, tmp_path)
+    assert shown.returncode == 0 and "output01" in shown.stdout

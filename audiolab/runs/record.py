@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import socket
 import sys
@@ -75,6 +76,7 @@ class RunRecord:
             "ended": None,
             "git": snapshot_code(record.dir),
             "host": socket.gethostname(),
+            "pid": os.getpid(),  # with host: lets the review commands tell a killed run from a running one
             "argv": redact(list(sys.argv)),
             "versions": versions(),
             **fields,
@@ -123,3 +125,17 @@ def read_metrics_by_step(run_dir: Path) -> dict[int, dict[str, float]]:
     for row in read_metrics(run_dir):
         merged.setdefault(int(row["step"]), {}).update({k: v for k, v in row.items() if k != "step"})
     return merged
+
+
+def process_alive(record: dict[str, Any]) -> bool | None:
+    """Whether the process that is writing a `running` record still exists: None when it runs on another host."""
+    pid, host = record.get("pid"), record.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True

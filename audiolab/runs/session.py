@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,7 +217,8 @@ def _open_record(run_dir: Path, cfg: DictConfig, meta: dict[str, Any], resume: b
         record = RunRecord(run_dir)
         resumes = record.data.get("resumes", [])
         resumes.append({"at": now_iso(), "overrides": meta.pop("overrides", []), "git": git_state()})
-        record.update(status="running", ended=None, resumes=resumes, error=None)
+        record.update(status="running", ended=None, resumes=resumes, error=None, pid=os.getpid(),
+                      host=socket.gethostname())
         return record
     save_resolved_config(run_dir, cfg)
     if not (run_dir / ".hydra").exists():  # started outside Hydra: keep the same layout

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from audiolab.common.numbering import existing_numbers
+from audiolab.runs.record import process_alive
 
 # Overrides every run carries for where it writes, not for what it trains: left out of the table.
 NOISE_PREFIXES = ("paths.", "hydra.", "logger=", "logger.")
@@ -101,8 +102,11 @@ def row_of(record: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     sweep = Path(record["sweep_dir"]).name if record.get("sweep_dir") else None
     study = record.get("study")
     group = f"{study}#{record.get('trial')}" if study else sweep
+    status = record.get("status")
+    if status == "running" and process_alive(record) is False:
+        status = "dead"  # still `running` in run.json, but its process on this host is gone: killed
     return {
-        "number": record.get("number"), "run": record.get("name") or run_dir.name, "status": record.get("status"),
+        "number": record.get("number"), "run": record.get("name") or run_dir.name, "status": status,
         "overrides": [o for o in record.get("overrides") or [] if not o.startswith(NOISE_PREFIXES)],
         "best": best, "best_step": record.get("best_step"), "improvement": improvement, "steps": record.get("step"),
         "wall": _wall_seconds(record.get("started"), record.get("ended")), "params": record.get("parameters"),
@@ -213,7 +217,7 @@ def render(rows: Sequence[dict[str, Any]], title: str | None = None, width: int 
         table.add_column(HEADERS.get(column, column), justify=justify.get(column, "left"), overflow="fold",
                          min_width=16 if column == "overrides" else None, ratio=1 if column == "overrides" else None)
     for row, text in zip(rows, texts, strict=True):
-        style = "red" if row["status"] == "failed" else "dim" if row["status"] in ("pruned", "interrupted") else None
+        style = "red" if row["status"] in ("failed", "dead") else "dim" if row["status"] in ("pruned", "interrupted") else None
         table.add_row(*(text[i] for i in shown), style=style)
     console = Console(file=io.StringIO(), width=width or 160, force_terminal=False, color_system=None)
     console.print(table)
