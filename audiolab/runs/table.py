@@ -217,7 +217,8 @@ def render(rows: Sequence[dict[str, Any]], title: str | None = None, width: int 
         table.add_column(HEADERS.get(column, column), justify=justify.get(column, "left"), overflow="fold",
                          min_width=16 if column == "overrides" else None, ratio=1 if column == "overrides" else None)
     for row, text in zip(rows, texts, strict=True):
-        style = "red" if row["status"] in ("failed", "dead") else "dim" if row["status"] in ("pruned", "interrupted") else None
+        status = row["status"]
+        style = "red" if status in ("failed", "dead") else "dim" if status in ("pruned", "interrupted") else None
         table.add_row(*(text[i] for i in shown), style=style)
     console = Console(file=io.StringIO(), width=width or 160, force_terminal=False, color_system=None)
     console.print(table)
