@@ -24,6 +24,7 @@ def main(cfg: DictConfig) -> float:
     from audiolab.common.distributed import RankLost, close_world
     from audiolab.data.folder import DataError
     from audiolab.runs.session import RunFailed, RunInterrupted
+    from audiolab.train.checkpoint import CheckpointError
 
     if in_optuna_trial():
         # The sweeper records a failed trial (already told to the study) and goes on: exceptions, not exits.
@@ -32,6 +33,9 @@ def main(cfg: DictConfig) -> float:
         return launch_from_hydra(cfg)
     except ConfigError as err:
         print(f"audiolab: config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except CheckpointError as err:
+        print(f"audiolab: checkpoint error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except DataError as err:
         print(f"audiolab: data error: {err}", file=sys.stderr)

@@ -230,3 +230,34 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(run_tiny, 
     info = json.loads((cut_dir / "run.json").read_text())
     assert info["status"] == "completed" and len(info["resumes"]) == 1
     assert _reproducible(read_metrics(cut_dir)) == _reproducible(read_metrics(full_dir))
+
+
+def test_a_refused_checkpoint_leaves_a_completed_run_completed(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """Resume onto a malicious last.pt: a clear error naming the file, no traceback, the record untouched."""
+    import pickle
+    import subprocess
+    import sys
+
+    from conftest import run_cli
+
+    outputs = tmp_path / "outputs"
+    first = run_cli(["debug=fast", "logger=none", f"paths.outputs={outputs}"], cli_env, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_dir = outputs / "output01"
+    before = json.loads((run_dir / "run.json").read_text())
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    last = run_dir / "checkpoints" / "last.pt"
+    last.write_bytes(pickle.dumps(Payload()))
+    resumed = run_cli([f"resume={run_dir}"], cli_env, tmp_path)
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
+    assert f"checkpoint error: {last}: refused to load" in resumed.stderr and "code ran" not in resumed.stdout
+    after = json.loads((run_dir / "run.json").read_text())
+    assert after["status"] == "completed" and after.get("resumes") == before.get("resumes")
+    scored = subprocess.run([sys.executable, "-m", "audiolab", "evaluate", str(run_dir), "--checkpoint", "last",
+                             "metrics.embedder=logmel"], cwd=tmp_path, env=cli_env, capture_output=True, text=True,
+                            timeout=120)
+    assert scored.returncode == 2 and "Traceback" not in scored.stderr and "refused to load" in scored.stderr

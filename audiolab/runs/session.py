@@ -37,6 +37,7 @@ from audiolab.runs.hooks import EmbeddingMetricsHook, RecordHook, SamplesHook, T
 from audiolab.runs.loggers import NullLogger
 from audiolab.runs.record import RunRecord, git_state, now_iso, read_metrics
 from audiolab.runs.snapshot import code_drift
+from audiolab.train.checkpoint import load_checkpoint
 from audiolab.train.hooks import CheckpointHook, ConsoleHook, Hook, Hooks, RunEnd, StepCallback, TrainResult
 from audiolab.train.recipes.base import NonFiniteLossError
 from audiolab.train.state import TrainState
@@ -158,6 +159,9 @@ def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_
     try:
         cfg = resolved(cfg)
         validate_config(cfg)
+        if resume and (run_dir / "checkpoints" / "last.pt").is_file():
+            # refused before the record says `running` again: a completed run keeps its status
+            load_checkpoint(run_dir / "checkpoints" / "last.pt")
     except Exception as err:
         if fresh_dir and not resume and world.is_main:
             shutil.rmtree(run_dir, ignore_errors=True)

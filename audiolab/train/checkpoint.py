@@ -6,6 +6,7 @@ strings, lists and dicts (the RNG states included).
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,21 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely: not audiolab's tensors-only format, truncated, or tampered with."""
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by `save_checkpoint` (tensors and plain containers only)."""
+    """Load a checkpoint written by `save_checkpoint` (tensors and plain containers only, no code runs)."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: refused to load: it is not an audiolab checkpoint of tensors only "
+                              f"(truncated, written by other code, or tampered with; nothing in it was run): "
+                              f"{first}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: refused to load: it holds a {type(payload).__name__}, not a checkpoint")
+    return payload
