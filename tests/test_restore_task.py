@@ -62,9 +62,11 @@ def test_degrade_groups_by_k_and_lowpasses_only_upward_shifts() -> None:
     assert torch.equal(target[1], clean[1])  # downward first: nothing destroyed
     for i in (0, 2, 3):
         assert not torch.equal(target[i], clean[i])
-    # Examples with the same k are processed together and identically.
+    # Examples with the same k are processed together and identically, to float rounding: the resampler's
+    # kernels sum in another order for a batch of 2 than of 1 (measured 1.2e-5 on a Xeon here, 0 elsewhere);
+    # another k, or another example's audio, would differ by 1e-1.
     alone, _ = task.degrade(clean[:1], [4])
-    assert torch.allclose(alone[0], degraded[0], atol=1e-6)
+    assert torch.allclose(alone[0], degraded[0], atol=5e-5)
     top = torch.fft.rfft(target[0, 0]).abs()[torch.fft.rfftfreq(8192, 1 / SR) > task.cutoff_hz(4)]
     assert top.max() < 1e-3
 
