@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from audiolab.config.resolvers import CONF_DIR
 from audiolab.config.schema import ConfigError
 
 
@@ -33,8 +32,6 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         OmegaConf.update(cfg, key, override.value(), merge=False, force_add=True)
     return cfg
 
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def _group_option(group: str, option: str) -> DictConfig | None:
