@@ -139,24 +139,30 @@ VALIDATE_SCRIPT = '''
 import json, os, sys
 import torch
 from hydra import compose, initialize_config_dir
-from audiolab.common.distributed import init_world
+from audiolab.common.distributed import end_process, init_world
 from audiolab.config import register_configs
 from audiolab.train.trainer import build_training
 
-register_configs()
-world = init_world(60)
-with initialize_config_dir(config_dir=os.path.abspath("conf"), version_base="1.3"):
-    cfg = compose(config_name="config", overrides=["debug=fast", "logger=none", "data.val_max_crops=5",
-                                                   "data.batch_size=2", "trainer.threads=1"])
-training = build_training(cfg)
-with torch.no_grad():  # weights that are not the identity, the same on every rank
-    for p in training.state.model.parameters():
-        p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-metrics, outputs = training.validator.run(training.state.model, None, world)
-if world.is_main:
-    n_batches = -(-len(training.validator.inputs) // training.validator.batch_size)
-    json.dump({"metrics": metrics, "outputs": outputs[:, 0, ::64].tolist(), "n_batches": n_batches},
-              open(sys.argv[1], "w"))
+
+def main() -> None:
+    register_configs()
+    world = init_world(60)
+    with initialize_config_dir(config_dir=os.path.abspath("conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["debug=fast", "logger=none", "data.val_max_crops=5",
+                                                       "data.batch_size=2", "trainer.threads=1"])
+    training = build_training(cfg)
+    with torch.no_grad():  # weights that are not the identity, the same on every rank
+        for p in training.state.model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    metrics, outputs = training.validator.run(training.state.model, None, world)
+    if world.is_main:
+        n_batches = -(-len(training.validator.inputs) // training.validator.batch_size)
+        with open(sys.argv[1], "w") as out:  # closed here: os._exit would not flush it
+            json.dump({"metrics": metrics, "outputs": outputs[:, 0, ::64].tolist(), "n_batches": n_batches}, out)
+
+
+# like run.py: leave without the interpreter's teardown, where gloo's threads can abort the process
+end_process(main)
 '''
 
 
