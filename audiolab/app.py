@@ -26,8 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from audiolab.common.distributed import close_world, end_process, init_world
-from audiolab.common.files import atomic_write_text
-from audiolab.common.secrets import redact
+from audiolab.common.secrets import redact_yaml_file
 from audiolab.config.overrides import apply_overrides
 from audiolab.runs.session import RunFailed, RunInterrupted, load_resolved_config, run_training
 from audiolab.sweep import TRIAL_ENV
@@ -39,6 +38,9 @@ def launch_from_hydra(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     meta: dict[str, Any] = {"overrides": overrides}
+    experiment = hydra_cfg.runtime.choices.get("experiment")
+    if experiment:
+        meta["experiment"] = experiment
     if hydra_cfg.mode == RunMode.MULTIRUN:
         meta.update(sweep_dir=str(Path(hydra_cfg.sweep.dir).absolute()), job_index=hydra_cfg.job.num)
     resume = bool(cfg.get("resume"))
@@ -47,9 +49,11 @@ def launch_from_hydra(cfg: DictConfig) -> float:
         extra = [o for o in overrides if not o.startswith("resume=")]
         cfg = apply_overrides(saved, extra)
         meta = {"overrides": extra}
+    redact_hydra_files(run_dir / str(hydra_cfg.output_subdir))
+    if hydra_cfg.mode == RunMode.MULTIRUN and (Path(hydra_cfg.sweep.dir) / "multirun.yaml").is_file():
+        redact_yaml_file(Path(hydra_cfg.sweep.dir) / "multirun.yaml")  # a plain grid's, saved by Hydra's launcher
     trial = None
     if in_optuna_trial() and not resume:
-        redact_hydra_files(run_dir / str(hydra_cfg.output_subdir))
         devices = int(hydra_cfg.sweeper.get("devices_per_trial") or 1)
         if devices > 1:
             return train_trial_under_torchrun(cfg, run_dir, meta, hydra_cfg.sweeper, devices)
@@ -114,14 +118,10 @@ def train_trial_rank(spec_path: str) -> int:
 
 
 def redact_hydra_files(hydra_dir: Path) -> None:
-    """Mask URL passwords (e.g. in hydra.sweeper.storage) in the files Hydra saved for this job."""
+    """Mask secrets (keys, `key=secret` overrides, URL passwords) in the files Hydra saved for this job."""
     for name in ("hydra.yaml", "overrides.yaml", "config.yaml"):
-        path = hydra_dir / name
-        if path.is_file():
-            text = path.read_text()
-            masked = redact(text)
-            if masked != text:
-                atomic_write_text(path, masked)
+        if (hydra_dir / name).is_file():
+            redact_yaml_file(hydra_dir / name)
 
 
 def in_optuna_trial() -> bool:

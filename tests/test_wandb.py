@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 import socket
 import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+from wandb.proto import wandb_internal_pb2
+from wandb.sdk.internal import datastore
+
 from audiolab.common.secrets import redact
-from audiolab.runs.session import load_resolved_config, run_training
+from audiolab.runs.loggers import STEP_METRIC
+from audiolab.runs.session import job_type, load_resolved_config, run_training, tracker_tags
 from conftest import run_cli
 
-FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"
+FAKE_KEY = uuid.uuid4().hex + uuid.uuid4().hex[:8]  # made here, so no source file (code.patch) holds it
 
 
 def _closed_port() -> int:
@@ -62,7 +70,10 @@ def test_resumed_run_continues_the_same_wandb_run(run_tiny, outputs: Path, monke
     run_training(cfg, run_dir, resume=True)
     info = json.loads((run_dir / "run.json").read_text())
     assert info["wandb_id"] == first_id and info["step"] == 5
-    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{first_id}"))) == 2
+    sessions = sorted((run_dir / "wandb").glob(f"offline-run-*-{first_id}"))
+    assert len(sessions) == 2
+    first, second = (read_offline_run(d) for d in sessions)
+    assert (first.run.job_type, second.run.job_type) == ("train", "resume")
 
 
 def test_secrets_are_redacted() -> None:
@@ -72,3 +83,98 @@ def test_secrets_are_redacted() -> None:
     assert clean["logger"] == {"api_key": "***", "project": "p"}
     assert clean["sweep"]["storage"] == "postgresql://u:***@db/x"
     assert clean["token"] is None
+
+
+@dataclass
+class OfflineRun:
+    """What one offline W&B run directory holds, read back from its .wandb transaction log."""
+
+    directory: Path
+    run: wandb_internal_pb2.RunRecord | None = None
+    metrics: dict[str, wandb_internal_pb2.MetricRecord] = field(default_factory=dict)
+    summary: dict[str, object] = field(default_factory=dict)  # the final summary: every update applied in order
+    kinds: Counter = field(default_factory=Counter)
+
+    def media(self, prefix: str) -> list[Path]:
+        """Media files of one logged key, e.g. `samples/clip0_input` (one per upload)."""
+        return sorted((self.directory / "files" / "media").rglob(f"{Path(prefix).name}_*"))
+
+
+def read_offline_run(directory: Path) -> OfflineRun:
+    """Scan `run-<id>.wandb` with W&B's own reader: the run record, metric definitions and summary updates."""
+    out = OfflineRun(directory)
+    store = datastore.DataStore()
+    (log_file,) = directory.glob("run-*.wandb")
+    store.open_for_scan(str(log_file))
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        kind = record.WhichOneof("record_type")
+        out.kinds[kind] += 1
+        if kind == "run":
+            out.run = record.run
+        elif kind == "metric":
+            out.metrics[record.metric.name or record.metric.glob_name] = record.metric
+        elif kind == "summary":
+            for item in record.summary.update:
+                out.summary["/".join(item.nested_key) or item.key] = json.loads(item.value_json)
+    return out
+
+
+@pytest.fixture(scope="module")
+def grid_with_wandb(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A one-job grid of an experiment preset, logged to W&B offline with system stats; (its run, its stdout)."""
+    tmp = tmp_path_factory.mktemp("wandb_grid")
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("WANDB_")}
+    env.update(AUDIOLAB_CACHE=str(cache), PYTHONUNBUFFERED="1", WANDB_SILENT="true", HOME=str(tmp))
+    proc = run_cli(["-m", "experiment=output17", "debug=fast", "model=convnext1d", "trainer.max_steps=4",
+                    "trainer.val_every=2", "logger=wandb", "logger.mode=offline", "logger.system_stats=true",
+                    "logger.system_stats_interval_s=0.2", f"paths.outputs={tmp / 'outputs'}",
+                    f"paths.cache={cache}"], env, tmp, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "outputs" / "output01", proc.stdout + proc.stderr
+
+
+def test_an_offline_run_records_job_type_tags_and_best_values(grid_with_wandb: tuple[Path, str]) -> None:
+    """job_type and tags from the preset and the sweep; val/* summarised by their best value over the step metric."""
+    run_dir, _ = grid_with_wandb
+    record = json.loads((run_dir / "run.json").read_text())
+    (directory,) = (run_dir / "wandb").glob(f"offline-run-*-{record['wandb_id']}")
+    offline = read_offline_run(directory)
+    assert offline.run.job_type == "train"
+    assert {"experiment:output17", "sweep:sweep01"} <= set(offline.run.tags)
+    loss = offline.metrics["val/spec_loss"]
+    assert loss.summary.min and loss.step_metric == STEP_METRIC
+    assert offline.metrics["val/improvement"].summary.max
+    assert offline.summary["val/spec_loss"] == {"min": pytest.approx(record["best_val_spec_loss"], rel=1e-12)}
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    improvements = [row["val/improvement"] for row in lines if "val/improvement" in row]
+    assert len(improvements) == 2 and offline.summary["val/improvement"] == {"max": max(improvements)}
+    assert offline.summary[STEP_METRIC] == 4
+    assert offline.kinds["stats"] >= 1  # logger.system_stats=true
+
+
+def test_the_fixed_clips_are_uploaded_once_and_the_outputs_at_every_validation(
+        grid_with_wandb: tuple[Path, str]) -> None:
+    run_dir, _ = grid_with_wandb
+    (directory,) = (run_dir / "wandb").glob("offline-run-*")
+    offline = read_offline_run(directory)
+    assert len(offline.media("samples/clip0_output")) == 2
+    assert len(offline.media("samples/clip0_input")) == 1 and len(offline.media("samples/clip0_target")) == 1
+
+
+def test_an_offline_run_says_how_to_sync_it(grid_with_wandb: tuple[Path, str]) -> None:
+    run_dir, output = grid_with_wandb
+    (directory,) = (run_dir / "wandb").glob("offline-run-*")
+    assert f"wandb sync {directory}" in output
+
+
+def test_job_types_and_tags_follow_how_the_run_was_started() -> None:
+    assert job_type({}, resume=False) == "train"
+    assert job_type({"study": "s", "trial": 3}, resume=False) == "sweep-trial"
+    assert job_type({"reproduces": 27}, resume=False) == "reproduce"
+    assert job_type({"reproduces": 27}, resume=True) == "resume"
+    tags = tracker_tags({"experiment": "output27", "sweep_dir": "/x/multirun/sweep04", "study": "lr", "reproduces": 7})
+    assert tags == ("experiment:output27", "sweep:sweep04", "study:lr", "reproduces:output07")
+    assert tracker_tags({}) == ()

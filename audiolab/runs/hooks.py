@@ -24,6 +24,8 @@ from audiolab.train.trainer import Training
 
 log = logging.getLogger("audiolab")
 
+FIXED_ROLES = ("input", "target")  # sample clips that are the same at every validation of a run
+
 
 class RecordHook(Hook):
     """run.json (what the run is, its best value, how it ended) and metrics.jsonl (every logged figure)."""
@@ -86,21 +88,32 @@ class TrackerHook(Hook):
 
 
 class SamplesHook(Hook):
-    """At each validation: WAVs of the fixed sample clips and a PNG of their spectrograms, also sent to the tracker."""
+    """At each validation: WAVs of the fixed sample clips and a PNG of their spectrograms, also sent to the tracker.
+
+    The input and target clips never change within a run, so the tracker gets them once: at the run's first
+    validation (a resumed run that already wrote samples has sent them).
+    """
 
     def __init__(self, run_dir: Path, tracker: NullLogger) -> None:
         self.dir, self.tracker = Path(run_dir) / "samples", tracker
+        self.run_name = Path(run_dir).name
+        self.fixed_sent: bool | None = None  # known at the first validation
 
     def on_validation(self, training: Training, validation: Validation) -> bool:
         validator = training.validator
         if not validator.sample_index:
             return False
+        if self.fixed_sent is None:
+            self.fixed_sent = any(self.dir.glob("step*_spectrograms.png"))
         clips = validator.sample_clips(validation.outputs)
         rate = training.data.sample_rate
-        _, png = write_samples(self.dir, validation.step, clips, rate, training.recipe.sample_notes(clips))
+        _, png = write_samples(self.dir, validation.step, clips, rate, training.recipe.sample_notes(clips),
+                               run_name=self.run_name)
+        sent = {role: items for role, items in clips.items() if not (self.fixed_sent and role in FIXED_ROLES)}
         self.tracker.log_media(validation.step, {f"samples/clip{i}_{role}": (audio, rate)
-                                                 for role, items in clips.items() for i, audio in enumerate(items)},
+                                                 for role, items in sent.items() for i, audio in enumerate(items)},
                                {"samples/spectrograms": png})
+        self.fixed_sent = True
         return False
 
 

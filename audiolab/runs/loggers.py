@@ -9,6 +9,7 @@ import logging
 import netrc
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -19,12 +20,18 @@ from audiolab.common.secrets import redact
 
 log = logging.getLogger(__name__)
 
+STEP_METRIC = "trainer/step"  # the x axis of every logged figure, so that resumed runs line up
+# The summary of a figure is its best value, not its last: lower is better except for these.
+HIGHER_IS_BETTER = ("val/improvement", "val/active_dims")
+
+
 class NullLogger:
     """Tracks nothing (`logger=none`)."""
 
     run_id: str | None = None
 
-    def start(self, run_dir: Path, name: str, group: str, config: dict, run_id: str | None = None) -> str | None:
+    def start(self, run_dir: Path, name: str, group: str, config: dict, run_id: str | None = None,
+              job_type: str = "train", tags: tuple[str, ...] = ()) -> str | None:
         """Nothing to start."""
         return None
 
@@ -78,29 +85,44 @@ class WandbLogger(NullLogger):
     """
 
     def __init__(self, project: str = "audiolab", entity: str | None = None, mode: str = "auto",
-                 tags: list[str] | None = None, init_timeout: float = 10.0) -> None:
+                 tags: list[str] | None = None, init_timeout: float = 10.0, system_stats: bool = False,
+                 system_stats_interval_s: float = 15.0, api_key: str | None = None) -> None:
         if mode not in ("auto", "online", "offline"):
             raise ValueError(f"logger.mode={mode!r}: allowed auto, online, offline (logger=none turns W&B off)")
+        if not system_stats_interval_s > 0:
+            raise ValueError(f"logger.system_stats_interval_s={system_stats_interval_s!r}: must be > 0 seconds")
         self.project, self.entity, self.mode = project, entity, mode
         self.tags = list(tags or [])
         self.init_timeout = init_timeout
+        self.system_stats, self.system_stats_interval_s = bool(system_stats), float(system_stats_interval_s)
+        self.api_key = api_key or None  # `+logger.api_key=...`: kept in memory only, never written
         self.run = None
+        self.offline = False
 
     def _init(self, mode: str, **kwargs: Any) -> Any:
         os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # no crash reports to the network
         import wandb
 
         settings = wandb.Settings(init_timeout=self.init_timeout, silent=True, console="off",
-                                  x_disable_stats=True)
-        return wandb.init(mode=mode, settings=settings, **kwargs)
+                                  x_disable_stats=not self.system_stats,
+                                  x_stats_sampling_interval=self.system_stats_interval_s)
+        argv = sys.argv
+        sys.argv = redact(list(argv))  # W&B records the command line in the run's metadata
+        try:
+            return wandb.init(mode=mode, settings=settings, **kwargs)
+        finally:
+            sys.argv = argv
 
-    def start(self, run_dir: Path, name: str, group: str, config: dict, run_id: str | None = None) -> str | None:
+    def start(self, run_dir: Path, name: str, group: str, config: dict, run_id: str | None = None,
+              job_type: str = "train", tags: tuple[str, ...] = ()) -> str | None:
         """Open (or resume, when run_id is given) the W&B run; return its id (None if W&B is off)."""
         import wandb
 
-        kwargs = dict(project=self.project, entity=self.entity, name=name, group=group, tags=self.tags,
-                      config=redact(config), dir=str(run_dir), id=run_id or wandb.util.generate_id(),
-                      reinit="finish_previous")
+        kwargs = dict(project=self.project, entity=self.entity, name=name, group=group, job_type=job_type,
+                      tags=list(dict.fromkeys([*self.tags, *tags])), config=redact(config), dir=str(run_dir),
+                      id=run_id or wandb.util.generate_id(), reinit="finish_previous")
+        if self.api_key:
+            os.environ["WANDB_API_KEY"] = self.api_key  # how wandb.init reads a key without a login prompt
         mode = self.mode
         if mode == "auto":
             mode = "online" if wandb_api_key_configured() else "offline"
@@ -119,12 +141,23 @@ class WandbLogger(NullLogger):
                 return None
         else:
             self.run = self._init("offline", **kwargs)
+            self.offline = True
+        self._define_metrics()
         return self.run.id
+
+    def _define_metrics(self) -> None:
+        """Plot every figure against the training step, and summarise each val/* figure by its best value."""
+        self.run.define_metric(STEP_METRIC)
+        for pattern in ("train/*", "perf/*", "eval/*"):
+            self.run.define_metric(pattern, step_metric=STEP_METRIC)
+        self.run.define_metric("val/*", step_metric=STEP_METRIC, summary="min")
+        for name in HIGHER_IS_BETTER:  # a named metric takes precedence over the glob
+            self.run.define_metric(name, step_metric=STEP_METRIC, summary="max")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Log scalars at a training step."""
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            self.run.log({**metrics, STEP_METRIC: step}, step=step)
 
     def log_media(self, step: int, audio: dict[str, tuple[np.ndarray, int]], images: dict[str, Path]) -> None:
         """Log audio clips and images at a training step."""
@@ -150,5 +183,8 @@ class WandbLogger(NullLogger):
     def finish(self, status: str) -> None:
         """Close the run; failed and interrupted runs exit non-zero (a pruned run is not an error)."""
         if self.run is not None:
+            sync_dir = Path(self.run.dir).parent  # .../wandb/offline-run-<time>-<id>, what `wandb sync` takes
             self.run.finish(exit_code=0 if status in ("completed", "pruned") else 1)
             self.run = None
+            if self.offline:
+                log.info("W&B: this run was logged offline; upload it with: wandb sync %s", sync_dir)

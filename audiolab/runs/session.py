@@ -193,7 +193,7 @@ def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_
         record = _open_record(run_dir, cfg, meta, resume)
         log.info("audiolab: %s %s -> %s%s", "resuming" if resume else "run", run_dir.name, run_dir,
                  f" (study {trial.study_name}, trial {trial.number})" if trial is not None else "")
-        hooks = _run_hooks(cfg, run_dir, record, meta, trial, after_step)
+        hooks = _run_hooks(cfg, run_dir, record, meta, trial, after_step, resume)
         stop = None
         if stop_after is not None:
             reason = f"reproduce --check --steps {stop_after}" if "check" in meta else f"stop_after={stop_after}"
@@ -232,17 +232,36 @@ def _open_record(run_dir: Path, cfg: DictConfig, meta: dict[str, Any], resume: b
     return RunRecord.create(run_dir, **meta)
 
 
+def job_type(record: dict[str, Any], resume: bool) -> str:
+    """What W&B calls this session of the run: train, sweep-trial, reproduce or resume."""
+    if resume:
+        return "resume"
+    if record.get("study") is not None:
+        return "sweep-trial"
+    return "reproduce" if record.get("reproduces") is not None else "train"
+
+
+def tracker_tags(record: dict[str, Any]) -> tuple[str, ...]:
+    """Tags that group runs in W&B: the experiment preset, the sweep directory and the study."""
+    tags = [f"experiment:{record['experiment']}" if record.get("experiment") else None,
+            f"sweep:{Path(record['sweep_dir']).name}" if record.get("sweep_dir") else None,
+            f"study:{record['study']}" if record.get("study") else None,
+            f"reproduces:output{record['reproduces']:02d}" if isinstance(record.get("reproduces"), int) else None]
+    return tuple(t for t in tags if t)
+
+
 def _run_hooks(cfg: DictConfig, run_dir: Path, record: RunRecord, meta: dict[str, Any], trial: Trial | None,
-               after_step: Callable[[int], None] | None) -> list[Hook]:
+               after_step: Callable[[int], None] | None, resume: bool) -> list[Hook]:
     """Start the tracker and the trial, and list the run's hooks in the order they must hear the end."""
     tracker = instantiate(cfg.logger) if cfg.get("logger") else NullLogger()
-    sweep_dir = meta.get("sweep_dir")
+    sweep_dir = record.data.get("sweep_dir")
     group = trial.study_name if trial is not None else Path(sweep_dir).name if sweep_dir else "single"
     tracker_id = tracker.start(run_dir, name=run_dir.name, group=group, config=OmegaConf.to_container(cfg),
-                               run_id=record.data.get("wandb_id"))
+                               run_id=record.data.get("wandb_id"), job_type=job_type(record.data, resume),
+                               tags=tracker_tags(record.data))
     record.update(wandb_id=tracker_id)
-    if sweep_dir:
-        _append_jsonl(Path(sweep_dir) / "runs.jsonl", {"run": record.data["number"], "dir": str(run_dir),
+    if meta.get("sweep_dir"):  # a new job of the sweep (a resume is not a second job)
+        _append_jsonl(Path(meta["sweep_dir"]) / "runs.jsonl", {"run": record.data["number"], "dir": str(run_dir),
                                                         "job_index": meta.get("job_index"),
                                                         "overrides": meta.get("overrides", [])})
     hooks: list[Hook] = [CheckpointHook(run_dir), EmbeddingMetricsHook(cfg, record, tracker), RecordHook(record),
@@ -338,6 +357,8 @@ def reproduce(ref: str, overrides: list[str], outputs: str = "outputs", *, check
     run_dir = allocate(source.parent)
     meta: dict[str, Any] = {"reproduces": original.get("number"), "reproduces_dir": str(source),
                             "overrides": overrides}
+    if original.get("experiment"):
+        meta["experiment"] = original["experiment"]
     if check:
         meta["check"] = {"verdict": None, "against": original.get("number"), "steps": steps, "rtol": rtol}
     stop_after = steps if check and steps is not None else None
