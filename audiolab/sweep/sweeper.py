@@ -253,7 +253,8 @@ class OptunaSweep:
 
     def _save_multirun_yaml(self, sweep_dir: Path) -> None:
         assert self.config is not None
-        (sweep_dir / "multirun.yaml").write_text(redact(OmegaConf.to_yaml(self.config)))
+        container = redact(OmegaConf.to_container(self.config, resolve=False))
+        (sweep_dir / "multirun.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(container)))
 
 
 # --- how the workers share the machine -------------------------------------------------------------

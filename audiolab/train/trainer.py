@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from audiolab.common.distributed import SINGLE, World, init_world
+from audiolab.common.secrets import redact
 from audiolab.data.clips import AudioData
 from audiolab.data.folder import DataError
 from audiolab.losses.composite import build_loss
@@ -132,7 +133,7 @@ def build_training(cfg: DictConfig) -> Training:
            if trainer.ema_decay else None)
     validator = Validator(data, task, device, int(trainer.sample_clips),  # configs saved before val_cdpam: off
                           cdpam=bool(OmegaConf.select(cfg, "metrics.val_cdpam", default=False)))
-    state = TrainState(model, optimizer, scheduler, ema, config=OmegaConf.to_container(cfg, resolve=True))
+    state = TrainState(model, optimizer, scheduler, ema, config=redact(OmegaConf.to_container(cfg, resolve=True)))
     grad_clip = float(cfg.optim.grad_clip) if cfg.optim.get("grad_clip") else math.inf
     recipe = build_recipe(cfg.recipe, RecipeParts(loss, device, amp, grad_clip, int(trainer.max_steps),
                                                   cfg.get("discriminator") or None, world))
