@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,7 +31,8 @@ from audiolab.common.files import atomic_write_text
 from audiolab.common.numbering import allocate, find_run_dir
 from audiolab.common.secrets import redact
 from audiolab.config.overrides import apply_overrides
-from audiolab.config.schema import validate_config
+from audiolab.config.added_keys import check_added_keys
+from audiolab.config.schema import ConfigError, validate_config
 from audiolab.config.upgrade import upgrade_config
 from audiolab.runs.compare import Comparison, compare_metrics
 from audiolab.runs.hooks import EmbeddingMetricsHook, RecordHook, SamplesHook, TrackerHook, Trial, TrialHook
@@ -158,7 +160,11 @@ def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_
     world = World.from_env()
     try:
         cfg = resolved(cfg)
+        if not resume:  # a resume's overrides were checked when the run started
+            check_added_keys(cfg, (meta or {}).get("overrides", []))
         validate_config(cfg)
+        # built before run.json exists, so that a bad logger setting leaves no run directory behind
+        tracker = _build_tracker(cfg) if world.is_main else NullLogger()
         if resume and (run_dir / "checkpoints" / "last.pt").is_file():
             # refused before the record says `running` again: a completed run keeps its status
             load_checkpoint(run_dir / "checkpoints" / "last.pt")
@@ -193,7 +199,7 @@ def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_
         record = _open_record(run_dir, cfg, meta, resume)
         log.info("audiolab: %s %s -> %s%s", "resuming" if resume else "run", run_dir.name, run_dir,
                  f" (study {trial.study_name}, trial {trial.number})" if trial is not None else "")
-        hooks = _run_hooks(cfg, run_dir, record, meta, trial, after_step, resume)
+        hooks = _run_hooks(cfg, run_dir, record, meta, trial, after_step, resume, tracker)
         stop = None
         if stop_after is not None:
             reason = f"reproduce --check --steps {stop_after}" if "check" in meta else f"stop_after={stop_after}"
@@ -250,10 +256,20 @@ def tracker_tags(record: dict[str, Any]) -> tuple[str, ...]:
     return tuple(t for t in tags if t)
 
 
+def _build_tracker(cfg: DictConfig) -> NullLogger:
+    """The experiment tracker `logger` names; ConfigError naming the key when its settings are refused."""
+    if not cfg.get("logger"):
+        return NullLogger()
+    try:
+        return instantiate(cfg.logger)
+    except InstantiationException as err:
+        cause = err.__cause__ if isinstance(err.__cause__, (ValueError, TypeError)) else err
+        raise ConfigError(f"logger: {cause}") from None
+
+
 def _run_hooks(cfg: DictConfig, run_dir: Path, record: RunRecord, meta: dict[str, Any], trial: Trial | None,
-               after_step: Callable[[int], None] | None, resume: bool) -> list[Hook]:
+               after_step: Callable[[int], None] | None, resume: bool, tracker: NullLogger) -> list[Hook]:
     """Start the tracker and the trial, and list the run's hooks in the order they must hear the end."""
-    tracker = instantiate(cfg.logger) if cfg.get("logger") else NullLogger()
     sweep_dir = record.data.get("sweep_dir")
     group = trial.study_name if trial is not None else Path(sweep_dir).name if sweep_dir else "single"
     tracker_id = tracker.start(run_dir, name=run_dir.name, group=group, config=OmegaConf.to_container(cfg),
