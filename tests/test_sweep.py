@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -334,6 +335,22 @@ def test_two_processes_share_one_postgresql_study(postgres_url: str, sweep_args:
     leaked = [p for p in outputs.rglob("*") if p.is_file() and p.suffix in (".yaml", ".json", ".jsonl", ".log")
               and "s3cret-pw" in p.read_text(errors="replace")]
     assert not leaked, leaked
+
+
+def test_an_unreachable_postgresql_is_a_clear_error_and_leaves_no_sweep_dir(sweep_args: list[str], outputs: Path,
+                                                                              env: dict[str, str],
+                                                                              tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on, once the socket is closed again
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://audiolab:n0t-this-pw@127.0.0.1:{port}/postgres"
+    proc = run_cli([*sweep_args, f"hydra.sweeper.storage={url}"], env, tmp_path, timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"audiolab: sweep storage error: cannot open the study storage postgresql+psycopg://audiolab:***@127.0.0.1:{port}" \
+        in output, output[-2000:]
+    assert "Traceback" not in output and "n0t-this-pw" not in output
+    assert not (outputs / "multirun").exists()
 
 
 def test_interrupting_a_sweep_stops_it_and_keeps_the_budget(sweep_args: list[str], outputs: Path,

@@ -113,9 +113,25 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return self._stale_trial_callback
 
 
+class StorageError(RuntimeError):
+    """The study storage cannot be reached or opened (the message masks any password)."""
+
+
 def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | None = None,
                  max_retry: int | None = 2) -> BaseStorage:
-    """Open the storage behind `url`, with heartbeats and stale-trial retry switched on."""
+    """Open the storage behind `url`, with heartbeats and stale-trial retry; StorageError if it cannot be reached."""
+    import sqlalchemy.exc
+
+    try:
+        return _open_storage(url, heartbeat_interval, grace_period, max_retry)
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        cause = getattr(err, "orig", None) or err
+        detail = (str(cause).strip() or type(cause).__name__).splitlines()[0]
+        raise StorageError(f"cannot open the study storage {display_url(url)}: {redact(detail)}") from None
+
+
+def _open_storage(url: str, heartbeat_interval: int, grace_period: int | None,
+                  max_retry: int | None) -> BaseStorage:
     grace = grace_period or 3 * heartbeat_interval
     retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     path = _file_path(url)

@@ -20,6 +20,7 @@ taken when the sweep starts, so editing configs during a sweep cannot change its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -46,7 +47,7 @@ from optuna.trial import FrozenTrial, TrialState
 from audiolab.common.secrets import redact
 from audiolab.sweep import STUDY_ENV, TRIAL_ENV
 from audiolab.sweep.space import SearchSpace, parse_search_space
-from audiolab.sweep.storage import display_url, storage_lock, storage_url
+from audiolab.sweep.storage import StorageError, display_url, storage_lock, storage_url
 from audiolab.sweep.study import (
     ATTR_FAIL_REASON,
     ATTR_PRUNED_STEP,
@@ -74,6 +75,11 @@ ATTR_AUDIO_S_PER_S = "audio_s_per_s"
 
 class SweepStopped(SystemExit):
     """The sweep stopped early (too many failures, or interrupted); the message says why."""
+
+
+def _remove_if_empty(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        directory.rmdir()
 
 
 class OptunaSweep:
@@ -116,8 +122,11 @@ class OptunaSweep:
                                max_retry=s.max_retry, metric_names=list(s.objectives))
             study.sampler = build_sampler(s.sampler, space,
                                           worker_seed(s.sampler.get("seed"), claim_start(study, self.url)))
-        except ValueError as err:
-            raise SweepStopped(f"audiolab: sweep config error: {err}") from None
+        except (ValueError, StorageError) as err:
+            _remove_if_empty(sweep_dir)  # claimed when the config was resolved; nothing ran in it
+            _remove_if_empty(sweep_dir.parent)
+            kind = "storage" if isinstance(err, StorageError) else "config"
+            raise SweepStopped(f"audiolab: sweep {kind} error: {err}") from None
         n_trials = int(s.n_trials)
         if s.sampler.kind == "grid":
             n_trials = min(n_trials, _grid_size(space))
