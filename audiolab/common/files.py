@@ -36,6 +36,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename not in (None, name):
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from None  # name the file the user knows, not the tmp
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

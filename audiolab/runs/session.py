@@ -10,6 +10,7 @@ Three ways in, one path through `run_training`:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from audiolab.train.recipes.base import NonFiniteLossError
 from audiolab.train.state import TrainState
 from audiolab.train.trainer import Training, train
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 log = logging.getLogger("audiolab")
 
 RESOLVED_CONFIG = "config_resolved.yaml"
@@ -215,6 +217,10 @@ def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_
         if end.status == "interrupted":
             raise RunInterrupted(end.signal or signal.SIGINT, run_dir) from raised
         if isinstance(raised, NonFiniteLossError):
+            raise RunFailed(str(raised)) from raised
+        if isinstance(raised, OSError) and raised.errno in DISK_FULL:
+            log.error("audiolab: %s: the disk is full (%s); the checkpoints already saved are intact: free some "
+                      "space, then resume with: python run.py resume=%s", run_dir.name, raised, run_dir)
             raise RunFailed(str(raised)) from raised
         if raised is not None:
             raise raised

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pickle
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -48,8 +48,34 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f"{path.name}.*.tmp"):
         stale.unlink(missing_ok=True)  # a checkpoint-sized leftover of a process killed mid-write (rank 0 alone saves)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a file object closed on error: torch's own writer, given a path, keeps the file open for as long
+    # as the exception's traceback lives, so a disk that filled up mid-write stayed full while the run recorded
+    # its end (and run.json could not be written).
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        writer = _WriteErrors(f)
+        try:
+            torch.save(payload, writer)
+        except RuntimeError:
+            if writer.error is not None:  # torch reports a failed write as "unexpected pos": say what it was
+                raise writer.error from None
+            raise
+
+
+class _WriteErrors:
+    """A binary file that keeps the OSError of a failed write (ENOSPC), which torch's writer turns into text."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 class CheckpointError(ValueError):
