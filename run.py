@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> float:
     from audiolab.app import in_optuna_trial, launch_from_hydra
     from audiolab.common.distributed import RankLost, close_world
     from audiolab.data.folder import DataError
-    from audiolab.runs.session import RunFailed, RunInterrupted
+    from audiolab.runs.session import RunBusy, RunFailed, RunInterrupted
     from audiolab.train.checkpoint import CheckpointError
 
     if in_optuna_trial():
@@ -39,6 +39,9 @@ def main(cfg: DictConfig) -> float:
         raise SystemExit(2) from None
     except DataError as err:
         print(f"audiolab: data error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except RunBusy as err:
+        print(f"audiolab: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except RunFailed:
         raise SystemExit(1) from None

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiolab.common.distributed import SINGLE, RankLost, World, lost_rank
 from audiolab.common.files import atomic_write_text
+from audiolab.common.locks import Busy, exclusive_or_busy
 from audiolab.common.numbering import allocate, find_run_dir
 from audiolab.common.secrets import redact
 from audiolab.config.overrides import apply_overrides
@@ -47,6 +48,7 @@ from audiolab.train.state import TrainState
 from audiolab.train.trainer import Training, train
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+RUN_LOCK = ".lock"  # held by the process training the run; its text says which process that is
 log = logging.getLogger("audiolab")
 
 RESOLVED_CONFIG = "config_resolved.yaml"
@@ -147,9 +149,26 @@ def load_resolved_config(run_dir: Path) -> DictConfig:
     return upgrade_config(OmegaConf.load(path))
 
 
-def run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_dir: bool = True,
-                 meta: dict[str, Any] | None = None, after_step: Callable[[int], None] | None = None,
-                 trial: Trial | None = None, stop_after: int | None = None) -> TrainResult:
+class RunBusy(RuntimeError):
+    """Another process is training this run directory (two at once would interleave their records)."""
+
+
+def run_training(cfg: DictConfig, run_dir: Path, **kwargs: Any) -> TrainResult:
+    """`_run_training` holding the run directory's lock (rank 0 alone keeps it): RunBusy when another process has it."""
+    run_dir = Path(run_dir)
+    if not World.from_env().is_main or not run_dir.is_dir():
+        return _run_training(cfg, run_dir, **kwargs)
+    try:
+        with exclusive_or_busy(run_dir / RUN_LOCK, f"pid {os.getpid()} on {socket.gethostname()}"):
+            return _run_training(cfg, run_dir, **kwargs)
+    except Busy as err:  # only the lock raises it: nothing of the run was touched
+        raise RunBusy(f"{run_dir.name} is being trained by another process ({err}); wait for it to end, or "
+                      f"stop it, before resuming {run_dir}") from None
+
+
+def _run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh_dir: bool = True,
+                  meta: dict[str, Any] | None = None, after_step: Callable[[int], None] | None = None,
+                  trial: Trial | None = None, stop_after: int | None = None) -> TrainResult:
     """Validate, record and train one run in `run_dir`; raise RunFailed/RunInterrupted on those ends.
 
     A config error removes a freshly made run directory, so no half-made run is left behind. With
