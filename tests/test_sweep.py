@@ -233,7 +233,10 @@ def test_a_killed_workers_trial_is_retried_by_another_worker(sweep_args: list[st
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
     assert len(retry) == 1 and retry[0].state in (TrialState.COMPLETE, TrialState.PRUNED)  # ... and re-run by B
     assert retry[0].params == orphan.params
-    assert retry[0].user_attrs["run_number"] != 1  # a new run; output01 stays as A left it
+    assert retry[0].user_attrs["run_number"] != 1  # a new run, and output01 says how A's run ended
+    assert trials[0].user_attrs["fail_reason"].startswith("stale: no heartbeat within the grace period")
+    record = json.loads((outputs / "output01" / "run.json").read_text())
+    assert record["status"] == "failed" and "trial 0 stale: no heartbeat" in record["error"]
     finished = [t for t in trials if t.state != TrialState.FAIL]
     assert len(finished) == 2
 

@@ -42,9 +42,11 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.storages import fail_stale_trials
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from audiolab.common.secrets import redact
+from audiolab.runs.record import RunRecord
 from audiolab.sweep import STUDY_ENV, TRIAL_ENV
 from audiolab.sweep.space import SearchSpace, parse_search_space
 from audiolab.sweep.storage import StorageError, display_url, storage_lock, storage_url
@@ -171,7 +173,7 @@ class OptunaSweep:
         poll = min(1.0, float(s.heartbeat_interval))
         while True:
             with storage_lock(self.url):
-                fail_stale_trials(study)
+                fail_stale_trials_with_reasons(study)
                 budget = Budget.of(study.get_trials(deepcopy=False))
                 if budget.done(n_trials):
                     return
@@ -428,6 +430,31 @@ def _fail_if_running(study: optuna.Study, number: int, reason: str) -> None:
     study.tell(number, state=TrialState.FAIL)
 
 
+STALE_REASON = "stale: no heartbeat within the grace period (its worker was killed or lost); re-queued"
+
+
+def fail_stale_trials_with_reasons(study: optuna.Study) -> None:
+    """Optuna's `fail_stale_trials`, after giving each stale trial a fail_reason and marking its run.json failed.
+
+    Optuna fails the trial first and calls the retry callback after, and a finished trial's attributes
+    can no longer be set; so the stale trials are found (the storage's own query) and annotated before.
+    """
+    storage = study._storage
+    if not (isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)):
+        return
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        trial = storage.get_trial(trial_id)
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another worker got there first
+            storage.set_trial_user_attr(trial_id, ATTR_FAIL_REASON, STALE_REASON)
+        run_dir = trial.user_attrs.get(ATTR_RUN_DIR)
+        if run_dir and (Path(run_dir) / "run.json").is_file():
+            with contextlib.suppress(OSError, ValueError):  # a run on another machine's disk is left to it
+                record = RunRecord(Path(run_dir))
+                if record.data.get("status") == "running":
+                    record.finish("failed", error=f"trial {trial.number} {STALE_REASON}")
+    fail_stale_trials(study)
+
+
 def _log_outcome(study: optuna.Study, number: int) -> None:
     storage = study._storage
     trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
@@ -439,8 +466,7 @@ def _log_outcome(study: optuna.Study, number: int) -> None:
     elif trial.state == TrialState.PRUNED:
         log.info("audiolab: trial %d%s: PRUNED at step %s", number, where, trial.user_attrs.get(ATTR_PRUNED_STEP))
     else:
-        reason = trial.user_attrs.get(ATTR_FAIL_REASON) or (
-            "failed as stale by another worker: no heartbeat within the grace period (re-queued)")
+        reason = trial.user_attrs.get(ATTR_FAIL_REASON) or STALE_REASON
         log.warning("audiolab: trial %d%s: %s: %s", number, where, trial.state.name, reason)
 
 
