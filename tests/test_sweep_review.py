@@ -178,6 +178,12 @@ def test_report_is_one_offline_html_with_figures_curves_and_links(outputs: Path,
     assert "../outputs/output03/samples/step0000006_spectrograms.png" in hrefs
     assert "../outputs/output01/samples/step0000002_clip0_output.wav" not in hrefs
     assert not any("output04/samples" in h for h in hrefs)
+    # the compare page's listening section for the top 3: per clip, input + one output per trial + target
+    listen = page[page.index('<section class="al-listen">'):]
+    listen = listen[:listen.index("</section>")]
+    assert "#2 output03" in listen and "#0 output01" in listen and "#1 output02" in listen
+    assert listen.count("<audio ") == listen.count('<th class="clip">') * 5
+    assert 'src="data:audio/wav;base64,' in listen
 
 
 def test_report_notes_figures_a_small_study_cannot_have(tmp_path: Path) -> None:

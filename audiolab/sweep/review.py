@@ -417,6 +417,7 @@ def write_report(study: optuna.Study, out_path: Path, top_k: int = 5, *, storage
     body = [
         _header_html(study, rows, storage or storage_label(study)),
         _section(f"Top {len(top)} trials", _top_html(top, base)),
+        _section("Listening: the top trials side by side", _listening_of(top)),
         _section("Latest samples of the top trials", _samples_sections(top, base, files_dir)),
         _section(f"Validation curves ({CURVE_METRIC}) of the top trials",
                  _curves_html(top, files_dir, base, baseline)),
@@ -500,6 +501,18 @@ def _run_link(row: dict[str, Any], base: Path) -> str:
         return _e(name)
     label = name if name != "-" else Path(row["run_dir"]).name
     return f'<a href="{_rel(row["run_dir"], base)}/">{_e(label)}</a>'
+
+
+def _listening_of(top: list[dict[str, Any]]) -> str:
+    """The compare page's listening section for the top trials: each fixed clip's input, every trial's output
+    at its best step, and the target, on one colour scale."""
+    from audiolab.runs.listening import listening_section_html
+
+    with_runs = [r for r in top if r.get("run_dir") and (Path(r["run_dir"]) / "samples").is_dir()]
+    if not with_runs:
+        return _note_html("None of the top trials has samples in its run directory.")
+    names = [f"#{r['number']} {run_name(r['run_number'])}" for r in with_runs]
+    return listening_section_html([Path(r["run_dir"]) for r in with_runs], names, heading=None)
 
 
 def _samples_sections(top: list[dict[str, Any]], base: Path, files_dir: Path) -> str:
