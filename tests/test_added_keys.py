@@ -56,3 +56,12 @@ def test_a_refused_setting_leaves_no_run_directory(bad: list[str], tmp_path: Pat
     assert proc.returncode != 0
     assert "config error" in proc.stderr + proc.stdout and bad[-1].split("=")[0].lstrip("+") in proc.stderr
     assert not outputs.exists() or not any(outputs.iterdir()), list(outputs.iterdir())
+
+
+@pytest.mark.parametrize("bad", [["model.channels=[1,8]"], ["model.factors=[2,2,2,2,2,2,2,2,2,2]"]])
+def test_a_model_that_cannot_be_built_leaves_no_run_directory(bad: list[str], tmp_path: Path,
+                                                              cli_env: dict[str, str]) -> None:
+    outputs = tmp_path / "outputs"
+    proc = run_cli(["debug=fast", "logger=none", f"paths.outputs={outputs}", *bad], cli_env, tmp_path)
+    assert proc.returncode == 2 and "config error" in proc.stderr and "Traceback" not in proc.stderr
+    assert not outputs.exists() or not any(outputs.iterdir()), list(outputs.iterdir())

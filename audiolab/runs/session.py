@@ -184,7 +184,8 @@ def _run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh
         if not resume:  # a resume's overrides were checked when the run started
             check_added_keys(cfg, (meta or {}).get("overrides", []))
         validate_config(cfg)
-        # built before run.json exists, so that a bad logger setting leaves no run directory behind
+        # built before run.json exists, so that a bad model or logger setting leaves no run directory behind
+        _check_model_builds(cfg)
         tracker = _build_tracker(cfg) if world.is_main else NullLogger()
         if resume and (run_dir / "checkpoints" / "last.pt").is_file():
             # refused before the record says `running` again: a completed run keeps its status
@@ -279,6 +280,18 @@ def tracker_tags(record: dict[str, Any]) -> tuple[str, ...]:
             f"study:{record['study']}" if record.get("study") else None,
             f"reproduces:output{record['reproduces']:02d}" if isinstance(record.get("reproduces"), int) else None]
     return tuple(t for t in tags if t)
+
+
+def _check_model_builds(cfg: DictConfig) -> None:
+    """Build the model on the meta device (no memory, no time): ConfigError with its constructor's complaint."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            instantiate(cfg.model)
+    except InstantiationException as err:
+        cause = str(err.__cause__ if isinstance(err.__cause__, (ValueError, TypeError)) else err)
+        raise ConfigError(cause if cause.startswith("model.") else f"model: {cause}") from None
 
 
 def _build_tracker(cfg: DictConfig) -> NullLogger:
