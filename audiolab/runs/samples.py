@@ -21,7 +21,8 @@ def log_spectrogram_db(audio: np.ndarray, n_fft: int = 2048) -> np.ndarray:
 
 
 def write_samples(directory: Path, step: int, clips: dict[str, list[np.ndarray]], sample_rate: int,
-                  notes: dict[str, list[str]] | None = None) -> tuple[dict[str, Path], Path]:
+                  notes: dict[str, list[str]] | None = None, run_name: str | None = None
+                  ) -> tuple[dict[str, Path], Path]:
     """Write WAVs for each role (input/output/target) of each clip and one PNG comparing spectrograms.
 
     `clips` maps a role name to one (channels, T) array per clip; `notes` optionally adds a text per
@@ -50,7 +51,7 @@ def write_samples(directory: Path, step: int, clips: dict[str, list[np.ndarray]]
             if j == 0:
                 axes[i][j].set_ylabel("kHz")
         axes[i][-1].set_xlabel("s")
-    fig.suptitle(f"step {step}")
+    fig.suptitle(f"{run_name} · step {step}" if run_name else f"step {step}")
     fig.tight_layout()
     png = directory / f"step{step:07d}_spectrograms.png"
     fig.savefig(png, dpi=80)
