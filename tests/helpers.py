@@ -67,9 +67,11 @@ class RecordingLogger:
         self.calls: dict = {"tags": [], "summary": {}}
         self.run_dir = None
 
-    def start(self, run_dir, name: str, group: str, config: dict, run_id: str | None = None) -> str | None:
+    def start(self, run_dir, name: str, group: str, config: dict, run_id: str | None = None,
+              job_type: str = "train", tags: tuple[str, ...] = ()) -> str | None:
         self.run_dir = run_dir
-        self.calls.update(name=name, group=group, run_id=f"rec-{name}")
+        self.calls.update(name=name, group=group, run_id=f"rec-{name}", job_type=job_type,
+                          start_tags=list(tags))
         return self.calls["run_id"]
 
     def log(self, metrics: dict, step: int) -> None:

@@ -35,6 +35,7 @@ def test_a_pruned_run_is_recorded_as_pruned_everywhere(tiny_overrides: list[str]
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     tracker = json.loads((run_dir / "tracker.json").read_text())
     assert tracker["tags"] == ["pruned"] and tracker["group"] == "unit" and tracker["status"] == "pruned"
+    assert tracker["job_type"] == "sweep-trial" and "study:unit" in tracker["start_tags"]
     trial = study.get_trials(deepcopy=False)[number]
     assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [2]
     assert trial.user_attrs == {"run_number": 1, "run_dir": str(run_dir), "wandb_id": tracker["run_id"],
