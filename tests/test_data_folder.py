@@ -394,3 +394,42 @@ def test_what_training_sees_is_checked_after_the_mixdown(tmp_path: Path) -> None
     assert not [n for n in clipped["notes"] if "-0.0 dB" in n], clipped["notes"]
     good = next(c for c in prepared.cache.clips if c["name"] == "good.wav")
     assert not good.get("notes")
+
+
+def _damaged_mp3s(folder: Path) -> None:
+    """A real MP3, the same cut short, with its frames overwritten mid-file, and with no audio frame left."""
+    folder.mkdir()
+    sf.write(folder / "good.mp3", _tone(3.0, SR)[:, 0], SR, format="MP3")
+    encoded = (folder / "good.mp3").read_bytes()
+    rng = np.random.default_rng(7)
+    (folder / "cut.mp3").write_bytes(encoded[:len(encoded) // 2])
+    third = len(encoded) // 3
+    (folder / "overwritten.mp3").write_bytes(encoded[:third] + rng.bytes(third) + encoded[2 * third:])
+    (folder / "no_frames.mp3").write_bytes(b"ID3" + rng.bytes(5000))
+
+
+def test_a_damaged_mp3_gets_mpg123s_reason_and_nothing_leaks_to_stderr(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    _damaged_mp3s(tmp_path / "mp3")
+    proc = run_cli(["data", "prepare", str(tmp_path / "mp3"), f"paths.cache={tmp_path / 'cache'}",
+                    "data.segment=4096", "data.prepare_workers=1", "data.progress=false"], cli_env, tmp_path,
+                   script="audiolab/__main__.py")
+    assert proc.returncode == 0, proc.stderr
+    assert "no_frames.mp3: not a readable MP3: no valid MPEG audio frame (mpg123: " in proc.stdout, proc.stdout
+    assert "File does not exist" not in proc.stdout + proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if line.startswith(("Note:", "Warning:", "[src/libmpg123"))]
+    prepared = _prepare(tmp_path / "mp3", tmp_path / "cache")
+    said = {c["name"]: " ".join(c.get("notes", [])) for c in prepared.cache.clips}
+    said |= {s["name"]: s["reason"] for s in prepared.cache.index["skipped"]}
+    assert said["good.mp3"] == ""
+    assert said["cut.mp3"].startswith("truncated: read "), said
+    # skipped or used with a note, as mpg123 manages to resync: either way its own account is given
+    assert "damaged MPEG data" in said["overwritten.mp3"] and "mpg123: Illegal Audio-MPEG-Header" in said[
+        "overwritten.mp3"], said
+
+
+def test_other_c_stderr_output_still_reaches_stderr(capfd: pytest.CaptureFixture[str]) -> None:
+    """Only mpg123's lines are taken; anything else written to fd 2 meanwhile is printed after the decode."""
+    with decode._decoder_messages() as lines:
+        os.write(2, b"Note: Illegal Audio-MPEG-Header 0x00 at offset 1.\nsomething else\n")
+    assert lines == ["Note: Illegal Audio-MPEG-Header 0x00 at offset 1."]
+    assert capfd.readouterr().err == "something else\n"

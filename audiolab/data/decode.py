@@ -9,9 +9,13 @@ with a one-line reason instead of an exception.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
+import re
+import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +32,11 @@ BLOCK_FRAMES = 1 << 17  # ~3 s at 44.1 kHz per read: bounded memory, few Python 
 SILENCE_PEAK = 2.0 ** -16  # below half a 16-bit LSB: the file would store as all zeros
 FULL_SCALE = 0.999  # a source sample at or above this (in magnitude) counts as clipped
 CLIPPED_NOTE_FRACTION = 0.01  # a note when more than 1 % of the source samples are clipped
+# libsndfile's text when it cannot open a file it does not recognise, whatever the cause: useless as a reason.
+_GENERIC_OPEN_ERROR = "File does not exist or is not a regular file"
+# What mpg123 (inside libsndfile) prints to the C stderr about a damaged MP3, e.g. "Note: Illegal
+# Audio-MPEG-Header 0x9690336e at offset 2084." or "[src/libmpg123/id3.c:...] error: Bad tag length".
+_MPG123_LINE = re.compile(r"^(Note|Warning|\[src/libmpg123[^\]]*\]\s*(error|warning)?):?\s*", re.IGNORECASE)
 
 
 class StreamingResampler:
@@ -168,6 +177,49 @@ def _open_reason(path: Path, err: BaseException) -> str:
     return f"not readable as audio: {type(err).__name__}: {err}"
 
 
+@contextlib.contextmanager
+def _decoder_messages() -> Iterator[list[str]]:
+    """Capture what C code prints to fd 2 meanwhile: mpg123's lines are kept for reasons, the rest re-printed.
+
+    mpg123 writes its diagnostics straight to the C stderr (libsndfile offers no hook), so they would
+    interleave with the progress bar, and they hold the only true account of a damaged MP3.
+    """
+    lines: list[str] = []
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (a daemon): nothing would be printed anyway
+        yield lines
+        return
+    with tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            other = []
+            for line in sink.read().decode("utf-8", "replace").splitlines():
+                (lines if _MPG123_LINE.match(line) else other).append(line)
+            if other:
+                sys.stderr.write("\n".join(other) + "\n")
+
+
+def _mpg123_summary(lines: list[str], limit: int = 2) -> str:
+    """mpg123's first distinct complaints, without their prefixes, for a reason or a note."""
+    seen: list[str] = []
+    for line in lines:
+        text = _MPG123_LINE.sub("", line).strip().rstrip(".")
+        text = re.sub(r"^INT123_\w+\(\):\d+\]\s*", "", text)
+        if line.lower().startswith("warning"):  # e.g. a Xing header's size off: truncation, noted on its own
+            continue
+        if text and not text.startswith("Trying to resync") and text not in seen:
+            seen.append(text)
+    return "; ".join(seen[:limit])
+
+
 def _blocks(handle: sf.SoundFile) -> Iterator[np.ndarray]:
     while True:
         block = handle.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
@@ -179,6 +231,20 @@ def _blocks(handle: sf.SoundFile) -> Iterator[np.ndarray]:
 def decode_file(path: Path, rel: str, sample_rate: int, channels: int, shard: Path | None,
                 measure_loudness: bool = False) -> FileResult:
     """Decode `path` into `shard` (raw float32 frames at `sample_rate`); never raises for bad input."""
+    with _decoder_messages() as messages:
+        result = _decode_file(path, rel, sample_rate, channels, shard, measure_loudness)
+    complaint = _mpg123_summary(messages)
+    if complaint and result.reason and _GENERIC_OPEN_ERROR in result.reason:
+        result.reason = f"not a readable MP3: no valid MPEG audio frame (mpg123: {complaint})"
+    elif complaint and result.reason and result.reason.startswith("decoding failed"):
+        result.reason = f"{result.reason.split(': ', 1)[0]}: damaged MPEG data (mpg123: {complaint})"
+    elif complaint and result.ok:
+        result.notes.append(f"damaged MPEG data skipped by the decoder (mpg123: {complaint})")
+    return result
+
+
+def _decode_file(path: Path, rel: str, sample_rate: int, channels: int, shard: Path | None,
+                 measure_loudness: bool) -> FileResult:
     result = FileResult(rel)
     try:
         size = os.stat(path).st_size
