@@ -92,11 +92,15 @@ def test_a_value_that_is_not_a_number_is_named_not_a_traceback(override: str, ke
 
 
 @pytest.mark.parametrize("override,key", [("optim.lr=-1", "optim.lr"), ("trainer.max_steps=abc", "max_steps"),
-                                          ("optim.lr=abc", "optim.lr='abc' is not a number")])
+                                          ("optim.lr=abc", "optim.lr='abc' is not a number"),
+                                          ("data=folder data.path=/nonexistent/dir",
+                                           "data.path='/nonexistent/dir': no such directory"),
+                                          ("data=folder data.path=. data.val_path=/nonexistent/val",
+                                           "data.val_path='/nonexistent/val': no such directory")])
 def test_cli_bad_values_exit_nonzero_and_leave_no_run_dir(override: str, key: str, tmp_path: Path,
                                                           cli_env: dict[str, str]) -> None:
     outputs = tmp_path / "outputs"
-    proc = run_cli(["debug=fast", "logger=none", f"paths.outputs={outputs}", override], cli_env, tmp_path)
+    proc = run_cli(["debug=fast", "logger=none", f"paths.outputs={outputs}", *override.split()], cli_env, tmp_path)
     assert proc.returncode != 0
     assert key in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
     leftovers = [p.name for p in outputs.iterdir()] if outputs.exists() else []

@@ -299,6 +299,11 @@ def _check_data(cfg: DictConfig, data: Any, hop_length: int | None, audio: int |
               "none, peak or loudness")
         _need(data.prepare_workers >= 0, "data.prepare_workers", data.prepare_workers, ">= 0 (0: one per core)")
         _need(bool(data.extensions), "data.extensions", data.extensions, "a non-empty list")
+        for key in ("path", "val_path"):
+            folder = data[key] if isinstance(data, DictConfig) else getattr(data, key)
+            if folder is not None and not Path(str(folder)).expanduser().is_dir():
+                what = "not a directory" if Path(str(folder)).expanduser().exists() else "no such directory"
+                raise ConfigError(f"data.{key}={str(folder)!r}: {what}")
     data_channels = data.get("channels", 1) if isinstance(data, DictConfig) else getattr(data, "channels", 1)
     if audio is not None and audio != int(data_channels):
         channels = cfg.model.channels
