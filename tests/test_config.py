@@ -93,6 +93,9 @@ def test_a_value_that_is_not_a_number_is_named_not_a_traceback(override: str, ke
 
 @pytest.mark.parametrize("override,key", [("optim.lr=-1", "optim.lr"), ("trainer.max_steps=abc", "max_steps"),
                                           ("optim.lr=abc", "optim.lr='abc' is not a number"),
+                                          ("model.channels=[1,8]", "model.channels=[1, 8] has 2 entries"),
+                                          ("model.factors=[2,2,2,2,2,2,2,2,2,2]",
+                                           "len(model.factors)+1 = 11 (model.factors=[2, 2,"),
                                           ("data=folder data.path=/nonexistent/dir",
                                            "data.path='/nonexistent/dir': no such directory"),
                                           ("data=folder data.path=. data.val_path=/nonexistent/val",

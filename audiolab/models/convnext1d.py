@@ -102,7 +102,7 @@ def _check_positive(name: str, values: Sequence[int]) -> tuple[int, ...]:
     """Return values as a tuple of ints, raising ValueError naming ``name`` if any is < 1."""
     vals = tuple(int(v) for v in values)
     if any(v < 1 for v in vals):
-        raise ValueError(f"{name} must all be positive, got {list(vals)}")
+        raise ValueError(f"model.{name}={list(vals)}: every entry must be >= 1")
     return vals
 
 
@@ -135,7 +135,7 @@ def initialise(model: nn.Module, init: str, zero: nn.Module | None) -> None:
     A zeroed last layer makes a residual model start as exactly the identity (x + 0).
     """
     if init not in INITS:
-        raise ValueError(f"init must be one of {sorted(INITS)}, got {init!r}")
+        raise ValueError(f"model.init={init!r}: allowed {', '.join(sorted(INITS))}")
     if init != "default":
         for module in model.modules():
             if isinstance(module, nn.modules.conv._ConvNd | nn.Linear):
@@ -185,18 +185,20 @@ class ConvNeXtUNet1d(AudioModel):
         blocks = _check_positive("blocks", blocks)
         n = len(factors)
         if n == 0:
-            raise ValueError("factors must have at least one entry")
+            raise ValueError("model.factors=[]: needs at least one entry")
         if len(channels) != n + 1:
-            raise ValueError(f"channels needs len(factors)+1 = {n + 1} entries, got {len(channels)}")
+            raise ValueError(f"model.channels={list(channels)} has {len(channels)} entries: it needs one per level plus the "
+                             f"input, len(model.factors)+1 = {n + 1} (model.factors={list(factors)})")
         if len(blocks) != n:
-            raise ValueError(f"blocks needs len(factors) = {n} entries, got {len(blocks)}")
+            raise ValueError(f"model.blocks={list(blocks)} has {len(blocks)} entries: it needs one per level, "
+                             f"len(model.factors) = {n} (model.factors={list(factors)})")
         _check_positive("kernel_size", [kernel_size])
         _check_positive("expansion", [expansion])
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise ValueError(f"model.dropout={dropout}: must be in [0, 1)")
         alphas = tuple(float(a) for a in (scale_vs_channels if scale_vs_channels is not None else [1.0] * n))
         if len(alphas) != n or any(not 0.0 <= a <= 1.0 for a in alphas):
-            raise ValueError(f"scale_vs_channels needs {n} values in [0, 1], got {list(alphas)}")
+            raise ValueError(f"model.scale_vs_channels={list(alphas)}: needs {n} values in [0, 1], one per level")
         self.channels, self.blocks, self.factors, self.scale_vs_channels = channels, blocks, factors, alphas
         self.predict_residual = predict_residual
 

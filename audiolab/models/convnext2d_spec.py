@@ -65,14 +65,15 @@ class ConvNeXtUNet2dSpec(AudioModel):
         blocks = _check_positive("blocks", blocks)
         n = len(factors)
         if n == 0:
-            raise ValueError("factors must have at least one entry")
+            raise ValueError("model.factors=[]: needs at least one entry")
         if len(channels) != n + 1 or len(blocks) != n or len(time_factors) != n:
-            raise ValueError(f"channels needs len(factors)+1 = {n + 1} entries, blocks and time_factors {n}; "
-                             f"got {len(channels)}, {len(blocks)} and {len(time_factors)}")
+            raise ValueError(f"model.channels needs len(model.factors)+1 = {n + 1} entries, model.blocks and "
+                             f"model.time_factors {n} (model.factors={list(factors)}); got {list(channels)}, "
+                             f"{list(blocks)} and {list(time_factors)}")
         if channels[0] % 2:
-            raise ValueError(f"channels[0]={channels[0]}: must be 2 per audio channel (real and imaginary part)")
+            raise ValueError(f"model.channels[0]={channels[0]}: must be 2 per audio channel (real and imaginary part)")
         if n_fft < 8 or n_fft % 4 or (n_fft // 2) % math.prod(factors):
-            raise ValueError(f"n_fft={n_fft}: must be a multiple of 4 with n_fft // 2 divisible by prod(factors)"
+            raise ValueError(f"model.n_fft={n_fft}: must be a multiple of 4 with n_fft // 2 divisible by prod(factors)"
                              f" = {math.prod(factors)}")
         _check_positive("kernel_size", [kernel_size])
         _check_positive("expansion", [expansion])
