@@ -240,7 +240,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         if args.run is not None:
             run_dir = find_run_dir(args.run, Path(args.outputs))
-            results = evaluate_run(run_dir, args.overrides, reference, candidates, args.checkpoint)
+            trust = ["trainer.trust_checkpoint=true"] if args.trust_checkpoint else []
+            results = evaluate_run(run_dir, [*args.overrides, *trust], reference, candidates, args.checkpoint)
             what = f"{run_dir.name} ({args.checkpoint}.pt)"
         elif reference is not None and candidates is not None:
             results = evaluate_paths(reference, candidates, args.overrides, Path(args.config_dir))
@@ -268,6 +269,8 @@ def _add_evaluate(commands: Any) -> None:
     evaluate.add_argument("--candidates", help="a folder of audio to judge (default: the run's outputs)")
     evaluate.add_argument("--checkpoint", default="best", choices=["best", "last"],
                           help="which weights (default: best)")
+    evaluate.add_argument("--trust-checkpoint", action="store_true",
+                          help="load a checkpoint that needs full unpickling (runs code in it): only your own files")
     evaluate.add_argument("--outputs", default="outputs", help="where numbered runs live (default: outputs)")
     evaluate.add_argument("--config-dir", default=str(Path(__file__).resolve().parents[1] / "conf"),
                           help="Hydra config directory for folder-only evaluation (default: the repository's conf/)")

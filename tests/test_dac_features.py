@@ -70,12 +70,51 @@ def test_load_dac_round_trips_bitwise(tmp_path: Path, package: bool) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.package: TypedStorage and (packaged dac code) torch.jit.script
         model.save(str(path), package=package)
-        loaded = load_dac(path)
+        loaded = load_dac(path, trust=package)  # a package runs its code to load: refused untrusted (below)
     assert isinstance(loaded, dac.DAC) and not loaded.training
     assert loaded.encoder_rates == [2, 4, 5, 8] and loaded.sample_rate == SR
     assert not any(p.requires_grad for p in loaded.parameters())
     assert any(k.endswith(".weight_g") for k in loaded.state_dict())  # dac's weight norm survives as g/v
     _assert_same_state(model.state_dict(), loaded.state_dict())
+
+
+def _package_that_runs_code(path: Path, marker: Path) -> None:
+    """A torch.package whose DAC/DAC.pth pickle writes `marker` when unpickled, as in the campaign's file."""
+    from torch.package import PackageExporter
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("code ran",))
+
+    with PackageExporter(str(path)) as exporter:
+        exporter.extern(["pathlib", "builtins"])
+        exporter.save_pickle("DAC", "DAC.pth", Payload())
+
+
+def test_a_torch_package_is_refused_before_any_of_its_code_runs(tmp_path: Path) -> None:
+    path, marker = tmp_path / "weights.pth", tmp_path / "ran.txt"
+    _package_that_runs_code(path, marker)
+    with pytest.raises(ValueError, match=r"torch.package archive .* nothing in it ran\. .*"
+                                         r"loss\.terms\.dac\.trust_weights=true"):
+        DACFeatureLoss(str(path))
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="holds a int as DAC/DAC.pth, not a DAC model"):  # write_text's count
+        load_dac(path, trust=True)
+    assert marker.read_text() == "code ran"  # trusted, it did run: the flag is what stood in the way
+
+
+def test_a_plain_file_with_code_in_its_pickle_names_the_trust_flag(tmp_path: Path) -> None:
+    path, marker = tmp_path / "weights.pth", tmp_path / "ran.txt"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("code ran",))
+
+    torch.save({"state_dict": Payload(), "metadata": {}}, path)
+    with pytest.raises(ValueError, match=r"weights_only=True; nothing in it ran\)\. .*"
+                                         r"loss\.terms\.dac\.trust_weights=true"):
+        load_dac(path)
+    assert not marker.exists()
 
 
 def test_module_prefixed_checkpoint_loads(tiny: tuple[dac.DAC, Path], tmp_path: Path) -> None:

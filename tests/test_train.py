@@ -234,7 +234,6 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(run_tiny, 
 
 def test_a_refused_checkpoint_leaves_a_completed_run_completed(tmp_path: Path, cli_env: dict[str, str]) -> None:
     """Resume onto a malicious last.pt: a clear error naming the file, no traceback, the record untouched."""
-    import pickle
     import subprocess
     import sys
 
@@ -251,7 +250,7 @@ def test_a_refused_checkpoint_leaves_a_completed_run_completed(tmp_path: Path, c
             return (print, ("code ran",))
 
     last = run_dir / "checkpoints" / "last.pt"
-    last.write_bytes(pickle.dumps(Payload()))
+    torch.save(Payload(), last)  # a real torch file whose pickle calls print when loaded in full
     resumed = run_cli([f"resume={run_dir}"], cli_env, tmp_path)
     assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
     assert f"checkpoint error: {last}: refused to load" in resumed.stderr and "code ran" not in resumed.stdout
@@ -261,3 +260,14 @@ def test_a_refused_checkpoint_leaves_a_completed_run_completed(tmp_path: Path, c
                              "metrics.embedder=logmel"], cwd=tmp_path, env=cli_env, capture_output=True, text=True,
                             timeout=120)
     assert scored.returncode == 2 and "Traceback" not in scored.stderr and "refused to load" in scored.stderr
+    for refusal in (resumed.stderr, scored.stderr):  # each names the flag that would load it
+        assert "trainer.trust_checkpoint=true" in refusal and "audiolab evaluate --trust-checkpoint" in refusal
+    # the flags do what they say: the file is unpickled in full (its code runs), then refused as no checkpoint
+    trusted = run_cli([f"resume={run_dir}", "trainer.trust_checkpoint=true"], cli_env, tmp_path)
+    assert trusted.returncode == 2 and "code ran" in trusted.stdout
+    assert "holds a NoneType, not a checkpoint" in trusted.stderr
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    scored = subprocess.run([sys.executable, "-m", "audiolab", "evaluate", str(run_dir), "--checkpoint", "last",
+                             "--trust-checkpoint", "metrics.embedder=logmel"], cwd=tmp_path, env=cli_env,
+                            capture_output=True, text=True, timeout=120)
+    assert scored.returncode == 2 and "code ran" in scored.stdout and "holds a NoneType" in scored.stderr

@@ -46,6 +46,7 @@ class TrainerConfig:
     compile: str = MISSING  # auto | true | false (a YAML bool is read as its string)
     compile_backend: str = MISSING
     dist_timeout_s: float = MISSING
+    trust_checkpoint: bool = MISSING
 
 
 @dataclass

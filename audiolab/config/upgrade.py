@@ -14,6 +14,9 @@ _TWO_PHASE_KEYS = ("phase1_steps", "beta_warmup_steps", "beta_start", "beta_end"
 
 def upgrade_config(cfg: DictConfig) -> DictConfig:
     """A copy of a saved, resolved config in today's layout (unchanged when it already is)."""
+    if "trainer" in cfg and "trust_checkpoint" not in cfg.trainer:  # added later; the old behaviour is false
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+        cfg.trainer.trust_checkpoint = False
     if "recipe" in cfg or "trainer" not in cfg:
         return cfg
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # `import dac` pulls in audiotools and takes seconds: done la
     import dac
 
 CONFIG_KEY = "loss.terms.dac.weights"
+TRUST_KEY = "loss.terms.dac.trust_weights"  # the term's name where the presets put it; yours may differ
 # What `python -m dac download` fetches with its defaults (dac.utils.download): the 44 kHz, 8 kbps model,
 # latest tag 0.0.1, released as weights.pth and cached under ~/.cache/descript/dac/.
 DEFAULT_CACHE_NAME = "weights_44khz_8kbps_0.0.1.pth"
@@ -63,37 +64,54 @@ def _is_torch_package(path: Path) -> bool:
         return any(name.endswith(".data/extern_modules") for name in archive.namelist())
 
 
-def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state_dict, constructor kwargs) from either of the two formats audiotools' BaseModel.save writes."""
+def _read_checkpoint(path: Path, trust: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, constructor kwargs) from either of the two formats audiotools' BaseModel.save writes.
+
+    Nothing in the file runs unless `trust`: the torch.package format is refused before it is opened, and
+    the plain format is read with weights_only=True.
+    """
     if _is_torch_package(path):
         # `DAC(...).save(path)` defaults to package=True: a torch.package holding the pickled module *and the
         # source code of dac*. It cannot be read with weights_only=True; unpickling it runs code stored in the
-        # file, exactly as dac's own `DAC.load` does (it tries this format first). Only the state dict and the
-        # constructor kwargs are taken from it; the model is rebuilt from the installed dac below.
-        from torch.package import PackageImporter
-
-        importer = PackageImporter(str(path))
-        packaged = importer.load_pickle("DAC", "DAC.pth", map_location="cpu")
-        try:
-            metadata = importer.load_pickle("DAC", "DAC.metadata")
-        except Exception:  # metadata is optional in a package: fall back to the module's own
-            metadata = getattr(packaged, "metadata", {})
-        return packaged.state_dict(), dict(metadata.get("kwargs", {}))
+        # file (dac's own `DAC.load` does so without asking). Only the state dict and constructor kwargs are
+        # taken from it; the model is rebuilt from the installed dac below.
+        if not trust:
+            raise ValueError(
+                f"{path} is a torch.package archive (what dac's `DAC.save(path)` writes by default): loading it "
+                f"runs the Python code stored inside it, so it was not opened and nothing in it ran. If you trust "
+                f"where it came from, set {TRUST_KEY}=true; or, once, re-save it as plain weights with "
+                f"`dac.DAC.load(path).save(new_path, package=False)` and point {CONFIG_KEY} at that")
+        return _read_package(path)
     # The released weights.pth (and `save(path, package=False)`) is a plain torch.save of
     # {"state_dict": {name: tensor}, "metadata": {"kwargs": {constructor args}}}: tensors, numbers, strings,
     # lists and dicts only, so weights_only=True reads it and no code from the file is ever executed.
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"{path} holds pickled objects other than tensors and plain containers, so it is not loaded "
-            f"(weights_only=True). If you trust it, re-save it as {{'state_dict': ..., 'metadata': {{'kwargs': ...}}}} "
-            f"with torch.save. Unpickler said: {err}") from err
+            f"(weights_only=True; nothing in it ran). If you trust where it came from, set {TRUST_KEY}=true to "
+            f"unpickle it in full, which runs any code in it. Unpickler said: {err}") from err
     if not isinstance(payload, dict) or "state_dict" not in payload:
         keys = list(payload)[:5] if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path} is not a DAC checkpoint: expected a dict with 'state_dict' and 'metadata' "
                          f"(as written by dac.DAC.save), got {keys}")
     return payload["state_dict"], dict(payload.get("metadata", {}).get("kwargs", {}))
+
+
+def _read_package(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """State dict and kwargs from a torch.package DAC (runs the code in it: callers ask for trust first)."""
+    from torch.package import PackageImporter
+
+    importer = PackageImporter(str(path))
+    packaged = importer.load_pickle("DAC", "DAC.pth", map_location="cpu")
+    if not isinstance(packaged, nn.Module):
+        raise ValueError(f"{path}: its package holds a {type(packaged).__name__} as DAC/DAC.pth, not a DAC model")
+    try:
+        metadata = importer.load_pickle("DAC", "DAC.metadata")
+    except Exception:  # metadata is optional in a package: fall back to the module's own
+        metadata = getattr(packaged, "metadata", {})
+    return packaged.state_dict(), dict(metadata.get("kwargs", {}))
 
 
 _WN_NEW = re.compile(r"^(.*)\.parametrizations\.weight\.original([01])$")
@@ -121,13 +139,13 @@ def _match_weight_norm_keys(state: dict[str, torch.Tensor], expected: set[str]) 
     return renamed
 
 
-def load_dac(path: str | Path | None) -> dac.DAC:
+def load_dac(path: str | Path | None, trust: bool = False) -> dac.DAC:
     """Load a DAC checkpoint strictly (every key must match), frozen and in eval mode, on the CPU.
 
     Reads both formats of `dac.DAC.save`: the plain {state_dict, metadata} file (the released weights.pth,
     `save(..., package=False)`; read with weights_only=True) and the torch.package archive `save(path)` writes
-    by default. The model is rebuilt from the saved constructor kwargs with the installed dac; a `module.`
-    prefix (DataParallel/DDP) is stripped. Unlike `DAC.load` (strict=False), a missing or unexpected key
+    by default, which runs code and is refused unless `trust`. The model is rebuilt from the saved constructor
+    kwargs with the installed dac; a `module.` prefix (DataParallel/DDP) is stripped. Unlike `DAC.load` (strict=False), a missing or unexpected key
     raises ValueError instead of silently leaving random weights.
     """
     if path is None or str(path) in ("", "None", "null"):
@@ -138,7 +156,7 @@ def load_dac(path: str | Path | None) -> dac.DAC:
 
     import dac  # noqa: F811 - lazy: see the TYPE_CHECKING import
 
-    state, kwargs = _read_checkpoint(path)
+    state, kwargs = _read_checkpoint(path, trust)
     known = inspect.signature(dac.DAC).parameters
     with warnings.catch_warnings():  # dac builds its convs with the deprecated torch.nn.utils.weight_norm
         warnings.filterwarnings("ignore", message=r".*weight_norm.*deprecated", category=FutureWarning)
@@ -237,7 +255,8 @@ class DACFeatureLoss(nn.Module):
     """
 
     def __init__(self, weights: str | None, sample_rate: int = 44100, taps: str | list[str] = "block1",
-                 tap_weights: list[float] | None = None, normalize: bool = True, checkpointing: bool = True) -> None:
+                 tap_weights: list[float] | None = None, normalize: bool = True, checkpointing: bool = True,
+                 trust_weights: bool = False) -> None:
         super().__init__()
         self.taps = parse_taps(taps)  # syntax errors surface before the (slower) weight loading
         if tap_weights is None:
@@ -253,7 +272,7 @@ class DACFeatureLoss(nn.Module):
         self.normalize = bool(normalize)
         self.checkpointing = bool(checkpointing)
 
-        model = load_dac(weights)
+        model = load_dac(weights, trust=bool(trust_weights))
         n_blocks = len(model.encoder_rates)
         bad = [t for t in self.taps if not 1 <= t[0] <= n_blocks]
         if bad:

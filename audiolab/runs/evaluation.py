@@ -69,7 +69,7 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None, reference: P
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no checkpoints/{checkpoint}.pt to evaluate")
-    saved = load_checkpoint(path, map_location="cpu")
+    saved = load_checkpoint(path, map_location="cpu", trust=bool(cfg.trainer.get("trust_checkpoint")))
     step = checkpoint_step(saved)
     batch = int(metrics.batch_size)
     if reference is None or candidates is None:

@@ -189,7 +189,7 @@ def _run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh
         tracker = _build_tracker(cfg) if world.is_main else NullLogger()
         if resume and (run_dir / "checkpoints" / "last.pt").is_file():
             # refused before the record says `running` again: a completed run keeps its status
-            load_checkpoint(run_dir / "checkpoints" / "last.pt")
+            load_checkpoint(run_dir / "checkpoints" / "last.pt", trust=bool(cfg.trainer.get("trust_checkpoint")))
     except Exception as err:
         if fresh_dir and not resume and world.is_main:
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,7 +1,8 @@
 """Checkpoints: atomic writes, and capture/restore of every RNG a run touches.
 
 Checkpoints are loaded with `weights_only=True`, so everything in them is kept to tensors, numbers,
-strings, lists and dicts (the RNG states included).
+strings, lists and dicts (the RNG states included). A file that needs more is refused unless the user
+says they trust it (`TRUST_FLAGS`): then it is unpickled in full, which runs whatever code it holds.
 """
 
 from __future__ import annotations
@@ -78,21 +79,28 @@ class _WriteErrors:
         self.file.flush()
 
 
+TRUST_FLAGS = "trainer.trust_checkpoint=true (to resume) or `audiolab evaluate --trust-checkpoint`"
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded safely: not audiolab's tensors-only format, truncated, or tampered with."""
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by `save_checkpoint` (tensors and plain containers only, no code runs)."""
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", trust: bool = False) -> dict[str, Any]:
+    """Load a checkpoint written by `save_checkpoint`: tensors and plain containers only, unless `trust`."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=not trust)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if trust:
+            raise CheckpointError(f"{path}: cannot be read even fully unpickled (truncated or not a torch "
+                                  f"file): {first}") from None
         raise CheckpointError(f"{path}: refused to load: it is not an audiolab checkpoint of tensors only "
                               f"(truncated, written by other code, or tampered with; nothing in it was run): "
-                              f"{first}") from None
+                              f"{first}. Only if you trust where the file came from, load it in full with "
+                              f"{TRUST_FLAGS}: that runs any code pickled in it") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: refused to load: it holds a {type(payload).__name__}, not a checkpoint")
     return payload

@@ -165,7 +165,8 @@ def train(cfg: DictConfig, run_dir: Path, hooks: Sequence[Hook] = (), resume: bo
                     Path(run_dir).name)
     elif resume:
         # Loaded on CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
-        state.load_state_dict(load_checkpoint(last, map_location="cpu"))
+        state.load_state_dict(load_checkpoint(last, map_location="cpu",
+                                             trust=bool(cfg.trainer.get("trust_checkpoint"))))
         training.resumed = True
         log.info("resumed from step %d (best val/spec_loss %.5f at step %s)", state.step, state.best_value,
                  state.best_step)
