@@ -77,6 +77,125 @@ def run_configs(work: Path) -> tuple[int, int]:
     return handled, len(BAD_CONFIGS)
 
 
+@dataclass(frozen=True)
+class BadAudio:
+    """One file in the bad-audio folder and what a user would want done with it."""
+
+    name: str
+    outcome: str  # "skipped" (with a reason containing `says`), "noted" (used, a note containing it), "used"
+    says: str = ""
+
+
+BAD_AUDIO = (
+    BadAudio("empty.wav", "skipped", "empty file"),
+    BadAudio("text.flac", "skipped", "not readable as audio"),
+    BadAudio("nan.wav", "skipped", "non-finite samples"),
+    BadAudio("inf.wav", "skipped", "non-finite samples"),
+    BadAudio("zeros.wav", "skipped", "digital silence"),
+    BadAudio("hiss_below_lsb.wav", "skipped", "near silence"),
+    BadAudio("out_of_phase.wav", "skipped", "silent once mixed to 1 channel"),
+    BadAudio("dc.wav", "skipped", "a constant signal"),
+    BadAudio("no_frames.mp3", "skipped", "not a readable MP3"),
+    BadAudio("loop/self.wav", "skipped", "symlink loop"),
+    BadAudio("short.wav", "skipped", "shorter than one segment"),
+    BadAudio("clipped.wav", "noted", "clipped: "),
+    BadAudio("truncated.wav", "noted", "truncated: read "),
+    BadAudio("cut.mp3", "noted", "truncated: read "),
+    BadAudio("hot_float.wav", "used"),  # peak 4.0 in float: the clipping guard scales it, nothing is clipped
+    BadAudio("six_channels_8k.wav", "used"),  # mixed to mono and resampled
+    BadAudio("stereo_192k.flac", "used"),
+)
+
+
+def _write_bad_audio(folder: Path, sr: int = 44100) -> None:
+    """The 17 files of BAD_AUDIO, all real encodings written with soundfile."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    tone = lambda seconds, rate=sr, amp=0.5: (amp * np.sin(2 * np.pi * 440 * np.arange(int(seconds * rate)) / rate)  # noqa: E731
+                                              + 0.01 * rng.standard_normal(int(seconds * rate))).astype(np.float32)
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "text.flac").write_text("not audio at all\n" * 100)
+    for name, bad in (("nan.wav", np.nan), ("inf.wav", np.inf)):
+        x = tone(2.0)
+        x[sr] = bad
+        sf.write(folder / name, x, sr, subtype="FLOAT")
+    sf.write(folder / "zeros.wav", np.zeros(2 * sr, np.float32), sr, subtype="PCM_16")
+    hiss = (1e-6 * rng.standard_normal(2 * sr)).astype(np.float32)
+    hiss[sr] = 0.002  # one faint click: not digital silence, yet RMS below half an LSB
+    sf.write(folder / "hiss_below_lsb.wav", hiss, sr, subtype="FLOAT")
+    x = tone(2.0)
+    sf.write(folder / "out_of_phase.wav", np.stack([x, -x], axis=1), sr, subtype="PCM_16")
+    sf.write(folder / "dc.wav", np.full(2 * sr, 0.25, np.float32), sr, subtype="PCM_16")
+    sf.write(folder / "good.mp3", tone(3.0), sr, format="MP3")
+    encoded = (folder / "good.mp3").read_bytes()
+    (folder / "good.mp3").unlink()
+    (folder / "no_frames.mp3").write_bytes(b"ID3" + rng.bytes(5000))
+    (folder / "cut.mp3").write_bytes(encoded[:len(encoded) // 2])
+    (folder / "loop").mkdir()
+    os.symlink("self.wav", folder / "loop" / "self.wav")
+    sf.write(folder / "short.wav", tone(0.05), sr, subtype="PCM_16")
+    sf.write(folder / "clipped.wav", np.clip(4 * tone(2.0), -1, 1), sr, subtype="PCM_16")
+    sf.write(folder / "truncated.wav", tone(2.0), sr, subtype="PCM_16")
+    data = (folder / "truncated.wav").read_bytes()
+    (folder / "truncated.wav").write_bytes(data[:len(data) // 2])  # the header still declares 2 s
+    sf.write(folder / "hot_float.wav", 8 * tone(2.0), sr, subtype="FLOAT")
+    sf.write(folder / "six_channels_8k.wav", np.stack([tone(2.0, 8000)] * 6, axis=1), 8000, subtype="PCM_16")
+    sf.write(folder / "stereo_192k.flac", np.stack([tone(2.0, 192000)] * 2, axis=1), 192000, subtype="PCM_24")
+    sf.write(folder / "good.wav", tone(3.0), sr, subtype="PCM_16")  # one clean file, so the folder trains
+
+
+def _said_per_file(stdout: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(skip reasons, notes) by file name, from `audiolab data prepare`'s summary."""
+    skipped: dict[str, str] = {}
+    noted: dict[str, str] = {}
+    section = None
+    for line in stdout.splitlines():
+        if line.startswith("skipped "):
+            section = skipped
+        elif line.endswith("on used files:"):
+            section = noted
+        elif line.startswith("  ") and section is not None and ": " in line:
+            name, text = line.strip().split(": ", 1)
+            section[name] = f"{section.get(name, '')} {text}".strip()
+        elif not line.startswith("  "):
+            section = None
+    return skipped, noted
+
+
+def run_audio(work: Path) -> tuple[int, int]:
+    """Prepare the bad-audio folder with the real CLI; print each file's outcome; (handled, tried)."""
+    folder = work / "bad_audio"
+    _write_bad_audio(folder)
+    proc = subprocess.run([sys.executable, "-m", "audiolab", "data", "prepare", str(folder),
+                           f"paths.cache={work / 'cache'}", "data.segment=4096", "data.progress=false"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    skipped, noted = _said_per_file(proc.stdout)
+    leaks = [line for line in proc.stderr.splitlines() if line.startswith(("Note:", "Warning:", "[src/"))]
+    handled = 0
+    for case in BAD_AUDIO:
+        name = Path(case.name).name if case.name.startswith("loop/") else case.name
+        said = skipped.get(case.name) or skipped.get(name)
+        if case.outcome == "skipped":
+            ok = said is not None and case.says in said
+            got = f"skipped: {said}" if said else f"used ({noted.get(case.name, 'no note')})"
+        elif case.outcome == "noted":
+            ok = said is None and case.says in noted.get(case.name, "")
+            got = f"skipped: {said}" if said else f"used, note: {noted.get(case.name, 'none')}"
+        else:
+            ok = said is None
+            got = f"skipped: {said}" if said else f"used{', note: ' + noted[case.name] if case.name in noted else ''}"
+        handled += ok
+        print(f"{'ok ' if ok else 'BAD'} {case.name:22s} {got}")
+    if leaks:
+        print(f"BAD decoder lines leaked to stderr: {leaks[:3]}")
+    if proc.returncode != 0:
+        print(f"BAD prepare exited {proc.returncode}: {proc.stderr[-500:]}")
+    return handled - (1 if leaks else 0) - (1 if proc.returncode else 0), len(BAD_AUDIO)
+
+
 def run_duplicates(work: Path, processes: int, trials: int) -> tuple[int, int]:
     """`processes` sweep processes started together on one study; (distinct parameter sets, trials)."""
     import optuna
@@ -111,8 +230,6 @@ def main() -> None:
             handled, tried = run_configs(work)
             figures.append(f"bad configs handled: {handled}/{tried}")
         if args.part in ("audio", "all"):
-            from campaign_audio import run_audio
-
             handled, tried = run_audio(work)
             figures.append(f"bad audio handled: {handled}/{tried}")
         if args.part in ("duplicates", "all"):

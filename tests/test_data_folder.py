@@ -433,3 +433,15 @@ def test_other_c_stderr_output_still_reaches_stderr(capfd: pytest.CaptureFixture
         os.write(2, b"Note: Illegal Audio-MPEG-Header 0x00 at offset 1.\nsomething else\n")
     assert lines == ["Note: Illegal Audio-MPEG-Header 0x00 at offset 1."]
     assert capfd.readouterr().err == "something else\n"
+
+
+def test_a_wav_cut_short_is_used_with_a_note_of_what_its_header_declared(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    sf.write(src / "whole.wav", _tone(2.0, SR), SR, subtype="PCM_16")
+    encoded = (src / "whole.wav").read_bytes()
+    (src / "cut.wav").write_bytes(encoded[:len(encoded) // 2])  # the header still declares 2 s
+    prepared = _prepare(src, tmp_path / "cache")
+    notes = {c["name"]: c.get("notes", []) for c in prepared.cache.clips}
+    assert notes["whole.wav"] == []
+    assert notes["cut.wav"] == [f"truncated: read {(len(encoded) // 2 - 44) // 2} of {2 * SR} declared frames"]

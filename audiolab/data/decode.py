@@ -220,6 +220,25 @@ def _mpg123_summary(lines: list[str], limit: int = 2) -> str:
     return "; ".join(seen[:limit])
 
 
+_SHORT_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be \d+\)", re.MULTILINE)
+_BLOCK_ALIGN = re.compile(r"^\s*Block Align\s*:\s*(\d+)", re.MULTILINE)
+
+
+def _declared_frames(handle: sf.SoundFile) -> int:
+    """Frames the header declares (-1 when unknown).
+
+    For a WAV cut short libsndfile quietly trims `frames` to what is there, and says so only in its log
+    ("data : 176400 (should be 88178)"), which is where the header's own figure is read from.
+    """
+    if not handle.seekable():
+        return -1
+    log = handle.extra_info
+    short, align = _SHORT_DATA_CHUNK.search(log), _BLOCK_ALIGN.search(log)
+    if short and align and int(align[1]) > 0:
+        return max(handle.frames, int(short[1]) // int(align[1]))
+    return handle.frames
+
+
 def _blocks(handle: sf.SoundFile) -> Iterator[np.ndarray]:
     while True:
         block = handle.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
@@ -259,7 +278,7 @@ def _decode_file(path: Path, rel: str, sample_rate: int, channels: int, shard: P
 
     with handle:
         result.source_rate, result.source_channels, result.subtype = handle.samplerate, handle.channels, handle.subtype
-        declared = handle.frames if handle.seekable() else -1
+        declared = _declared_frames(handle)
         resampler = StreamingResampler(handle.samplerate, sample_rate, channels)
         meter = LoudnessMeter(sample_rate, channels) if measure_loudness else None
         source_peak, read, clipped = 0.0, 0, 0
