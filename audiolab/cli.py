@@ -135,7 +135,7 @@ def _runs(args: argparse.Namespace) -> int:
         import shutil
 
         width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 200
-        print(table.render(rows, width=width), end="")
+        print((table.render_breakdown if args.breakdown else table.render)(rows, width=width), end="")
     return 0
 
 
@@ -152,6 +152,8 @@ def _add_runs(commands: Any) -> None:
                            "e.g. --where 'optim.lr>1e-3'; OP is one of = != < <= > >= (repeatable: all must hold)")
     runs.add_argument("--sort", choices=("number", "best", "improvement", "wall", "started"), default="number",
                       help="row order (default: number; best, wall: lowest first; improvement: highest first)")
+    runs.add_argument("--breakdown", action="store_true",
+                      help="where the error is left: val/improvement at the best step per semitone shift and band")
     fmt = runs.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="format", action="store_const", const="json", help="print JSON instead")
     fmt.add_argument("--csv", dest="format", action="store_const", const="csv", help="print CSV instead")

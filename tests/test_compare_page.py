@@ -23,7 +23,8 @@ from conftest import REPO
 
 LRS = ("1e-3", "2e-3")
 CLIPS = 2
-RUN_ARGS = ["debug=fast", "logger=none", "trainer.max_steps=4", "trainer.val_every=2", f"trainer.sample_clips={CLIPS}"]
+RUN_ARGS = ["debug=fast", "logger=none", "trainer.max_steps=4", "trainer.val_every=2",
+            "data.val_max_crops=8", f"trainer.sample_clips={CLIPS}"]
 
 # Injected before </body> of a copy of the page: once every <audio> has its metadata (or failed, or 4 s of
 # virtual time passed), write each element's state into <pre id="probe"> for --dump-dom to carry out.
@@ -106,6 +107,13 @@ def test_compare_page_shows_differing_config_curves_and_clips(page: Path, two_ru
         assert f"{info['best_val_spec_loss']:.5g}" in text
         assert f"step {info['best_step']} (best)" in text
     assert "val/improvement at best step" in text
+    # Where the error is left: each shift and band at each run's best step, from its metrics.jsonl
+    left = text.split("<h2>Where the error is left</h2>")[1].split("<h2>")[0]
+    for name in ("output01", "output02"):
+        info = json.loads((two_runs / name / "run.json").read_text())
+        for group in ("k-4", "k+4", "low", "high"):
+            assert f"<th>{group}</th>" in left
+            assert f"{info['best_val'][f'val/improvement_{group}']:.4g}" in left
     # Self-contained: every image and audio source is a data URI, nothing is fetched.
     sources = re.findall(r'\bsrc="([^"]*)"', text)
     assert sources and all(s.startswith(("data:image/png;base64,", "data:audio/wav;base64,")) for s in sources)

@@ -47,7 +47,8 @@ def test_stereo_has_four_input_channels_and_the_hop_follows_time_factors() -> No
     ({"channels": [3, 8], "blocks": [1], "factors": [2]}, r"model.channels\[0\]=3: must be 2 per audio channel"),
     ({"channels": [2, 8], "blocks": [1], "factors": [2], "n_fft": 102}, "n_fft=102"),
     ({"channels": [2, 8], "blocks": [1], "factors": [3], "n_fft": 128}, "divisible by prod"),
-    ({"channels": [2, 8], "blocks": [1, 1], "factors": [2]}, r"model.blocks and model.time_factors 1 .*got \[2, 8\], \[1, 1\]"),
+    ({"channels": [2, 8], "blocks": [1, 1], "factors": [2]},
+     r"model.blocks and model.time_factors 1 .*got \[2, 8\], \[1, 1\]"),
 ])
 def test_bad_shapes_are_named(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -97,9 +97,10 @@ def test_two_processes_follow_the_loss_curve_of_one(runs: dict[str, Path]) -> No
         # convergence from per-rank sums) and Adam amplifies it over steps. Measured over these 8 steps on a
         # Xeon (relative): loss 7.6e-6, val/spec_loss 6.4e-7, grad norm 7.1e-5 at step 1 and 1.0e-3 at step 8.
         # A wrong share or a summed instead of averaged gradient moves them by percents at step 1.
-        rtol = {"train/grad_norm": 5e-4 if key[0] == 1 else 1e-2, "val/spec_loss": 5e-5}.get(key[1], 2e-5)
+        name = key[1].split("_k")[0].removesuffix("_low").removesuffix("_mid").removesuffix("_high")  # the groups
+        rtol = {"train/grad_norm": 5e-4 if key[0] == 1 else 1e-2, "val/spec_loss": 5e-5}.get(name, 2e-5)
         # val/improvement = 1 - ratio is near 0 in a short run: its difference is bounded absolutely
-        atol = 5e-5 if key[1] == "val/improvement" else 0.0
+        atol = 5e-5 if name == "val/improvement" else 0.0
         assert b[key] == pytest.approx(a[key], rel=rtol, abs=atol), key
     # and the ranks' validation, sharded and reduced, is the one-process figure at the same weights
     assert b[(STEPS, "val/spec_loss_input")] == a[(STEPS, "val/spec_loss_input")]

@@ -27,7 +27,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[Pat
     work = tmp_path_factory.mktemp("grid")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"AUDIOLAB_CACHE": str(cache_dir)}
     proc = run_cli(["-m", "debug=fast", "logger=none", f"paths.outputs={work / 'outputs'}",
-                    "optim.lr=1e-3,5e-3"], env, work, timeout=180)
+                    "data.val_max_crops=8", "optim.lr=1e-3,5e-3"], env, work, timeout=180)  # 8 crops: one per k
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work, proc
 
@@ -75,6 +75,25 @@ def test_filters_and_machine_readable_output(grid, cli_env: dict[str, str]) -> N
     assert none.returncode == 1 and "no run" in none.stderr
     bad = audiolab(["runs", "--outputs", outputs, "--where", "optim.lr"], cli_env, work)
     assert bad.returncode == 2 and "--where 'optim.lr'" in bad.stderr
+
+
+def test_breakdown_shows_each_shift_and_band_at_the_best_step(grid, cli_env: dict[str, str]) -> None:
+    work, _ = grid
+    outputs = str(work / "outputs")
+    records = _records(work / "outputs")
+    shown = audiolab(["runs", "--outputs", outputs, "--breakdown"], cli_env, work)
+    assert shown.returncode == 0, shown.stderr
+    header = next(line for line in shown.stdout.splitlines() if "overall" in line)
+    for group in ("k-4", "k-1", "k+1", "k+4", "low", "mid", "high"):
+        assert group in header, header
+    assert header.index("k-4") < header.index("k+4") < header.index("low") < header.index("high")
+    for name, record in records.items():
+        best = record["best_val"]  # the validation line of the best step, kept in run.json
+        assert best["val/spec_loss"] == record["best_val_spec_loss"]
+        line = next(line for line in shown.stdout.splitlines() if name in line)
+        assert f"{best['val/improvement_k+4']:+.4f}" in line and f"{best['val/improvement_low']:+.4f}" in line
+    rows = list(csv.DictReader(io.StringIO(audiolab(["runs", "--outputs", outputs, "--csv"], cli_env, work).stdout)))
+    assert float(rows[0]["breakdown.k-2"]) == pytest.approx(records["output01"]["best_val"]["val/improvement_k-2"])
 
 
 def test_conditions_and_ordering() -> None:

@@ -350,8 +350,8 @@ def test_an_unreachable_postgresql_is_a_clear_error_and_leaves_no_sweep_dir(swee
     proc = run_cli([*sweep_args, f"hydra.sweeper.storage={url}"], env, tmp_path, timeout=120)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert f"audiolab: sweep storage error: cannot open the study storage postgresql+psycopg://audiolab:***@127.0.0.1:{port}" \
-        in output, output[-2000:]
+    expected = f"cannot open the study storage postgresql+psycopg://audiolab:***@127.0.0.1:{port}"
+    assert f"audiolab: sweep storage error: {expected}" in output, output[-2000:]
     assert "Traceback" not in output and "n0t-this-pw" not in output
     assert not (outputs / "multirun").exists()
 

@@ -61,6 +61,14 @@ def _user_groups() -> str:
     return "\n".join(lines)
 
 
+def _crop_length(samples_per_step: int, batch_size: int) -> int:
+    """`${audiolab.crop_length:131072,${data.batch_size}}`: the segment that keeps samples per step fixed."""
+    samples_per_step, batch_size = int(samples_per_step), int(batch_size)
+    if batch_size < 1 or samples_per_step % batch_size:
+        raise ValueError(f"data.batch_size={batch_size} does not divide {samples_per_step} samples per step")
+    return samples_per_step // batch_size
+
+
 def register_resolvers() -> None:
     """Register audiolab's resolvers once per process."""
     if not OmegaConf.has_resolver("audiolab.run_dir"):
@@ -68,3 +76,4 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("audiolab.sweep_dir", _sweep_dir, use_cache=True)
         OmegaConf.register_new_resolver("audiolab.hydra_subdir", _hydra_subdir)
         OmegaConf.register_new_resolver("audiolab.user_groups", _user_groups)
+        OmegaConf.register_new_resolver("audiolab.crop_length", _crop_length)

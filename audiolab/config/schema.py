@@ -81,6 +81,8 @@ class DataConfig:
     cache_dir: str = "${paths.cache}"
     val_max_crops: int | None = MISSING  # validation crops kept (evenly spread); None keeps all
     loader: str = MISSING  # threads | processes
+    val_segment: int | None = MISSING  # validation crop length; None: data.segment
+    val_batch_size: int | None = MISSING  # crops per validation batch; None: data.batch_size
 
 
 @dataclass
@@ -256,8 +258,8 @@ def _check_trainer(trainer: TrainerConfig) -> None:
     _need(trainer.log_every >= 1, "trainer.log_every", trainer.log_every, ">= 1")
     _need(trainer.sample_clips >= 0, "trainer.sample_clips", trainer.sample_clips, ">= 0")
     _need(trainer.threads >= 0, "trainer.threads", trainer.threads, ">= 0")
-    _need(trainer.ema_decay is None or 0.0 < trainer.ema_decay < 1.0, "trainer.ema_decay", trainer.ema_decay,
-          "(0, 1), or null for no EMA")
+    _need(trainer.ema_decay is None or 0.0 <= trainer.ema_decay < 1.0, "trainer.ema_decay", trainer.ema_decay,
+          "(0, 1), or null or 0 for no EMA")
     _need(str(trainer.compile).lower() in ("auto", "true", "false"), "trainer.compile", trainer.compile,
           "auto, true or false")
     _need(trainer.dist_timeout_s > 0, "trainer.dist_timeout_s", trainer.dist_timeout_s, "> 0 seconds")
@@ -288,6 +290,16 @@ def _check_data(cfg: DictConfig, data: Any, hop_length: int | None, audio: int |
         _need(data.clip_seconds * data.sample_rate >= data.segment, "data.clip_seconds", data.clip_seconds,
               f">= one segment ({data.segment / data.sample_rate:.3f} s)")
 
+    for key in ("val_segment", "val_batch_size"):
+        value = data.get(key) if isinstance(data, DictConfig) else getattr(data, key, None)
+        _need(value is None or value >= 1, f"data.{key}", value, ">= 1, or null for the training value")
+    val_segment = data.get("val_segment") if isinstance(data, DictConfig) else getattr(data, "val_segment", None)
+    if val_segment is not None:
+        _need(val_segment >= min_segment, "data.val_segment", val_segment,
+              f">= {min_segment} (the largest frame of the fixed val/spec_loss)")
+        if hop_length is not None:
+            _need(val_segment % hop_length == 0, "data.val_segment", val_segment,
+                  f"a positive multiple of the model's hop ({hop_length})")
     _need(data.val_max_crops is None or data.val_max_crops >= 1, "data.val_max_crops", data.val_max_crops,
           ">= 1, or null for every crop")
     if isinstance(data, FolderDataConfig):

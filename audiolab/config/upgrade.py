@@ -17,6 +17,9 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
     if "trainer" in cfg and "trust_checkpoint" not in cfg.trainer:  # added later; the old behaviour is false
         cfg = OmegaConf.create(OmegaConf.to_container(cfg))
         cfg.trainer.trust_checkpoint = False
+    if "data" in cfg and "val_segment" not in cfg.data:  # added later: validation followed training's shape
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+        cfg.data.val_segment, cfg.data.val_batch_size = None, None
     if "recipe" in cfg or "trainer" not in cfg:
         return cfg
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))

@@ -363,6 +363,18 @@ class AudioData:
     val_max_crops: int | None = None
     loader: str = "threads"  # threads | processes (see CropLoader)
     info: dict[str, Any] = field(default_factory=dict)  # recorded in run.json (source, cache, counts)
+    val_segment: int | None = None  # validation crop length; None: the training segment
+    val_batch_size: int | None = None  # crops per validation batch; None: the training batch size
+
+    @property
+    def validation_segment(self) -> int:
+        """Samples per validation crop: fixed apart from training's, so runs that train differently compare."""
+        return int(self.val_segment or self.segment)
+
+    @property
+    def validation_batch_size(self) -> int:
+        """Crops per validation batch (the headline distance's spectral convergence is a ratio over a batch)."""
+        return int(self.val_batch_size or self.batch_size)
 
     @property
     def sample_rate(self) -> int:

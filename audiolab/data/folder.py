@@ -404,7 +404,8 @@ def build_folder_data(path: str, sample_rate: int, segment: int, batch_size: int
                       val_max_crops: int | None = 256, dtype: str = "int16", normalize: str = "none",
                       peak_db: float = -1.0, loudness_lufs: float = -20.0, num_workers: int = 2,
                       prepare_workers: int = 0, extensions: Sequence[str] = EXTENSIONS,
-                      progress: bool = True, loader: str = "threads") -> AudioData:
+                      progress: bool = True, loader: str = "threads", val_segment: int | None = None,
+                      val_batch_size: int | None = None) -> AudioData:
     """The folder dataset, ready to train on: prepare (or reuse) its cache, split it, and summarise it."""
     params = Preprocessing(sample_rate, channels, dtype, normalize, peak_db, loudness_lufs)
     prepared = prepare_folder(path, cache_dir, params, val_path, prepare_workers, list(extensions), progress)
@@ -421,7 +422,8 @@ def build_folder_data(path: str, sample_rate: int, segment: int, batch_size: int
     cache = prepared.cache
     train, val = cache.select(split.train), cache.select(split.val)
     return AudioData(train=train, val=val, segment=segment, batch_size=batch_size, num_workers=num_workers,
-                     val_max_crops=val_max_crops, loader=loader,
+                     val_max_crops=val_max_crops, loader=loader, val_segment=val_segment,
+                     val_batch_size=val_batch_size,
                      info={"source": where, "cache": str(cache.directory), "train_files": len(split.train),
                            "val_files": len(split.val), "skipped": len(cache.index["skipped"]) + len(split.too_short),
                            "train_seconds": round(train.seconds, 3), "val_seconds": round(val.seconds, 3)})

@@ -27,7 +27,8 @@ def synth_cache_dir(cache_dir: str | Path, params: PianoParams, train_seconds: f
 
 def build_synth_data(sample_rate: int, segment: int, batch_size: int, cache_dir: str, train_seconds: float,
                      val_seconds: float, clip_seconds: float, seed: int, num_workers: int = 0,
-                     val_max_crops: int | None = None, loader: str = "threads") -> AudioData:
+                     val_max_crops: int | None = None, loader: str = "threads", val_segment: int | None = None,
+                     val_batch_size: int | None = None) -> AudioData:
     """Load the synthetic piano dataset from its cache, generating it on first use."""
     params = PianoParams(sample_rate=sample_rate, clip_seconds=clip_seconds)
     directory = synth_cache_dir(cache_dir, params, train_seconds, val_seconds, seed)
@@ -44,5 +45,5 @@ def build_synth_data(sample_rate: int, segment: int, batch_size: int, cache_dir:
         cache = read_clip_cache(directory)
         assert cache is not None
     return AudioData(train=cache.split("train"), val=cache.split("val"), segment=segment, batch_size=batch_size,
-                     num_workers=num_workers, val_max_crops=val_max_crops, loader=loader,
-                     info={"source": "synth", "cache": str(directory)})
+                     num_workers=num_workers, val_max_crops=val_max_crops, loader=loader, val_segment=val_segment,
+                     val_batch_size=val_batch_size, info={"source": "synth", "cache": str(directory)})

@@ -145,8 +145,8 @@ def load_dac(path: str | Path | None, trust: bool = False) -> dac.DAC:
     Reads both formats of `dac.DAC.save`: the plain {state_dict, metadata} file (the released weights.pth,
     `save(..., package=False)`; read with weights_only=True) and the torch.package archive `save(path)` writes
     by default, which runs code and is refused unless `trust`. The model is rebuilt from the saved constructor
-    kwargs with the installed dac; a `module.` prefix (DataParallel/DDP) is stripped. Unlike `DAC.load` (strict=False), a missing or unexpected key
-    raises ValueError instead of silently leaving random weights.
+    kwargs with the installed dac; a `module.` prefix (DataParallel/DDP) is stripped. Unlike `DAC.load`
+    (strict=False), a missing or unexpected key raises ValueError instead of silently leaving random weights.
     """
     if path is None or str(path) in ("", "None", "null"):
         raise FileNotFoundError(f"DACFeatureLoss needs DAC weights and none were given. {download_hint()}")

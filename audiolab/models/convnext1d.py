@@ -187,8 +187,8 @@ class ConvNeXtUNet1d(AudioModel):
         if n == 0:
             raise ValueError("model.factors=[]: needs at least one entry")
         if len(channels) != n + 1:
-            raise ValueError(f"model.channels={list(channels)} has {len(channels)} entries: it needs one per level plus the "
-                             f"input, len(model.factors)+1 = {n + 1} (model.factors={list(factors)})")
+            raise ValueError(f"model.channels={list(channels)} has {len(channels)} entries: it needs one per level "
+                             f"plus the input, len(model.factors)+1 = {n + 1} (model.factors={list(factors)})")
         if len(blocks) != n:
             raise ValueError(f"model.blocks={list(blocks)} has {len(blocks)} entries: it needs one per level, "
                              f"len(model.factors) = {n} (model.factors={list(factors)})")

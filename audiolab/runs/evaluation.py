@@ -74,7 +74,8 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None, reference: P
     batch = int(metrics.batch_size)
     if reference is None or candidates is None:
         validator, outputs, data = run_outputs(cfg, saved, device)
-        key = validation_key(data.info, data.segment, len(validator.targets), OmegaConf.to_container(cfg.task))
+        key = validation_key(data.info, data.validation_segment, len(validator.targets),
+                             OmegaConf.to_container(cfg.task))
     if reference is not None:
         ref, _ = embed_folder(embedder, reference, cache)
     else:

@@ -48,7 +48,9 @@ class RecordHook(Hook):
     def on_validation(self, training: Training, validation: Validation) -> bool:
         state = training.state
         self.record.log_metrics(validation.step, validation.metrics)
-        self.record.update(best_val_spec_loss=state.best_value, best_step=state.best_step, step=validation.step)
+        fields: dict[str, Any] = {"best_val": validation.metrics} if validation.improved else {}
+        self.record.update(best_val_spec_loss=state.best_value, best_step=state.best_step, step=validation.step,
+                           **fields)
         return False
 
     def on_end(self, end: RunEnd) -> None:
@@ -141,7 +143,8 @@ class EmbeddingMetricsHook(Hook):
             result.last_val, self.outputs = validator.run(training.state.eval_model, training.amp)
         data = training.data
         cache = EmbeddingCache(Path(self.cfg.paths.cache) / "embeddings")
-        key = validation_key(data.info, data.segment, len(validator.targets), OmegaConf.to_container(self.cfg.task))
+        key = validation_key(data.info, data.validation_segment, len(validator.targets),
+                             OmegaConf.to_container(self.cfg.task))
         try:
             figures = evaluate_validation(self.cfg.metrics, validator.targets, self.outputs, data.sample_rate,
                                           training.device, cache, key)
@@ -163,6 +166,7 @@ class Trial(Protocol):
 
     study_name: str
     number: int
+    max_step_time: float | None
 
     def start(self, run_number: int | None, run_dir: Path) -> None: ...
 
@@ -172,7 +176,7 @@ class Trial(Protocol):
 
     def complete(self, measured: dict[str, float], best_step: int | None) -> None: ...
 
-    def prune(self, step: int) -> None: ...
+    def prune(self, step: int, reason: str | None = None) -> None: ...
 
     def fail(self, reason: str, interrupted: bool = False) -> None: ...
 
@@ -183,9 +187,19 @@ class TrialHook(Hook):
     def __init__(self, trial: Trial) -> None:
         self.trial = trial
         self.parameters = math.nan
+        self.window_step_times: list[float] = []  # seconds per step of each logged window, the first left out
+        self.pruned_reason: str | None = None
+        self.first_window_seen = False
 
     def on_start(self, training: Training) -> None:
         self.parameters = training.n_parameters
+
+    def on_log(self, step: int, figures: dict[str, float]) -> None:
+        rate = figures.get("perf/steps_per_s")
+        if rate and math.isfinite(rate):
+            if self.first_window_seen:  # the first window holds the first, slow steps (allocation, warm-up)
+                self.window_step_times.append(1.0 / rate)
+            self.first_window_seen = True
 
     def on_validation(self, training: Training, validation: Validation) -> bool:
         prune = self.trial.report(validation.step, validation.metrics["val/spec_loss"])
@@ -193,6 +207,14 @@ class TrialHook(Hook):
         prune = prune and validation.step < training.max_steps
         if prune:
             log.info("step %d: pruned by the sweep's pruner", validation.step)
+        limit = getattr(self.trial, "max_step_time", None)
+        if not prune and limit is not None and self.window_step_times and validation.step < training.max_steps:
+            step_time = sum(self.window_step_times) / len(self.window_step_times)
+            if step_time > limit:
+                self.pruned_reason = (f"over the step-time budget: {step_time:.3f} s per step > "
+                                      f"hydra.sweeper.max_step_time={limit:g}")
+                log.info("step %d: pruned, %s", validation.step, self.pruned_reason)
+                prune = True
         return prune
 
     def on_end(self, end: RunEnd) -> None:
@@ -203,7 +225,7 @@ class TrialHook(Hook):
             self.trial.fail(f"interrupted ({end.error})" if end.error else f"interrupted by signal {end.signal}",
                             interrupted=True)
         elif end.status == "pruned":
-            self.trial.prune(result.step)
+            self.trial.prune(result.step, self.pruned_reason)
         else:
             self.trial.complete({"val/spec_loss": result.best_value, "parameters": self.parameters,
                                  "step_time": result.step_time}, result.best_step)

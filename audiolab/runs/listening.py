@@ -493,6 +493,35 @@ def _summary_html(runs: Sequence[RunView]) -> str:
     return f'<table class="summary">{head}{body}</table>'
 
 
+def _breakdown_html(runs: Sequence[RunView]) -> str:
+    """Where the error is left: per shift and band, each run's figure at its best step; the best per row bold."""
+    from audiolab.runs.table import breakdown_of
+
+    at_best = []
+    for run in runs:
+        _, step = run.best()
+        line = next((m for m in run.metrics if m.get("step") == step and CURVE_METRIC in m), {})
+        at_best.append(breakdown_of(line))
+    groups = list(dict.fromkeys(g for figures in at_best for g in figures))
+    if not groups:
+        return '<p class="note">These runs logged no per-shift or per-band figures.</p>'
+    improvement = any(r.metric_at("val/improvement", r.best()[1]) is not None for r in runs)
+    pick = max if improvement else min
+    head = "<tr><th>group</th>" + "".join(f"<th>{_e(r.name)}</th>" for r in runs) + "</tr>"
+    body = []
+    for group in groups:
+        values = [figures.get(group) for figures in at_best]
+        present = [v for v in values if v is not None]
+        best = pick(present) if len(present) > 1 else None
+        cells = "".join(f'<td class="num">{"<b>" + _fmt(v, 4) + "</b>" if v is not None and v == best else _fmt(v, 4)}'
+                        "</td>" for v in values)
+        body.append(f"<tr><th>{_e(group)}</th>{cells}</tr>")
+    what = ("val/improvement (1 - distance / do-nothing distance; higher is better)" if improvement
+            else "val/spec_loss (lower is better)")
+    return (f'<table class="summary">{head}{"".join(body)}</table><p class="note">{what} at each run\'s best step, '
+            "per semitone shift k and per band (low &lt; 500 Hz, mid 500 Hz to 4 kHz, high &gt; 4 kHz).</p>")
+
+
 def _config_html(runs: Sequence[RunView]) -> str:
     keys, equal = config_differences(runs)
     missing = object()
@@ -540,6 +569,7 @@ def compare_page_html(run_dirs: Sequence[Path]) -> str:
         "<h2>Summary</h2>", _summary_html(runs),
         "<h2>Config differences</h2>", _config_html(runs),
         f"<h2>Validation curves ({CURVE_METRIC})</h2>", curves_html,
+        "<h2>Where the error is left</h2>", _breakdown_html(runs),
         _listening_html(runs),
     ]
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Compare {_e(names)}</title>\n'

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 STEP_METRIC = "trainer/step"  # the x axis of every logged figure, so that resumed runs line up
 # The summary of a figure is its best value, not its last: lower is better except for these.
 HIGHER_IS_BETTER = ("val/improvement", "val/active_dims")
+HIGHER_IS_BETTER_PREFIXES = ("val/improvement_",)  # the per-k and per-band figures, named as they first appear
 
 
 class NullLogger:
@@ -98,6 +99,7 @@ class WandbLogger(NullLogger):
         self.api_key = api_key or None  # `+logger.api_key=...`: kept in memory only, never written
         self.run = None
         self.offline = False
+        self._maximised: set[str] = set()  # per-group improvement figures already told to W&B
 
     def _init(self, mode: str, **kwargs: Any) -> Any:
         os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # no crash reports to the network
@@ -156,8 +158,13 @@ class WandbLogger(NullLogger):
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Log scalars at a training step."""
-        if self.run is not None:
-            self.run.log({**metrics, STEP_METRIC: step}, step=step)
+        if self.run is None:
+            return
+        for name in metrics:
+            if name.startswith(HIGHER_IS_BETTER_PREFIXES) and name not in self._maximised:
+                self.run.define_metric(name, step_metric=STEP_METRIC, summary="max")
+                self._maximised.add(name)
+        self.run.log({**metrics, STEP_METRIC: step}, step=step)
 
     def log_media(self, step: int, audio: dict[str, tuple[np.ndarray, int]], images: dict[str, Path]) -> None:
         """Log audio clips and images at a training step."""

@@ -32,8 +32,8 @@ from audiolab.common.files import atomic_write_text
 from audiolab.common.locks import Busy, exclusive_or_busy
 from audiolab.common.numbering import allocate, find_run_dir
 from audiolab.common.secrets import redact
-from audiolab.config.overrides import apply_overrides
 from audiolab.config.added_keys import check_added_keys
+from audiolab.config.overrides import apply_overrides
 from audiolab.config.schema import ConfigError, validate_config
 from audiolab.config.upgrade import upgrade_config
 from audiolab.runs.compare import Comparison, compare_metrics

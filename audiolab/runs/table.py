@@ -112,7 +112,32 @@ def row_of(record: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         "wall": _wall_seconds(record.get("started"), record.get("ended")), "params": record.get("parameters"),
         "sweep": sweep, "study": study, "trial": record.get("trial"), "group": group,
         "wandb": record.get("wandb_id"), "started": record.get("started"), "dir": str(run_dir),
+        "breakdown": breakdown_of(record.get("best_val") or {}),
     }
+
+
+BREAKDOWN_PREFIXES = ("val/improvement_", "val/spec_loss_")
+NOT_BREAKDOWN = ("input", "silence")  # val/spec_loss_input and _silence are baselines, not groups
+
+
+def breakdown_of(best_val: dict[str, Any]) -> dict[str, float]:
+    """Per-group figures at the best step, by group: improvement where there is a baseline, else spec_loss."""
+    groups: dict[str, float] = {}
+    for prefix in BREAKDOWN_PREFIXES:  # improvement first: it wins over spec_loss for the same group
+        for key, value in best_val.items():
+            group = key.removeprefix(prefix)
+            if key.startswith(prefix) and group not in NOT_BREAKDOWN and group not in groups:
+                if (number := _finite(value)) is not None:
+                    groups[group] = number
+    return dict(sorted(groups.items(), key=lambda item: _group_order(item[0])))
+
+
+def _group_order(group: str) -> tuple[int, float, str]:
+    """Shifts in numeric order (k-4 ... k+4), then the bands from low to high, then anything else."""
+    if re.fullmatch(r"k[+-]\d+", group):
+        return 0, float(group[1:]), group
+    bands = ("low", "mid", "high")
+    return (1, float(bands.index(group)), group) if group in bands else (2, 0.0, group)
 
 
 def _finite(value: Any) -> float | None:
@@ -200,6 +225,32 @@ def _params(count: int | None) -> str:
     return f"{count / 1e6:.2f} M" if count >= 100_000 else f"{count:,}"
 
 
+def render_breakdown(rows: Sequence[dict[str, Any]], width: int | None = None) -> str:
+    """Where the error is left: each run's per-k and per-band figures at its best step, one column per group."""
+    from rich.console import Console
+    from rich.table import Table
+
+    groups = list(dict.fromkeys(g for row in rows for g in row["breakdown"]))
+    groups.sort(key=_group_order)
+    improvement = any(r["improvement"] is not None for r in rows)
+    title = ("val/improvement at the best step, per shift and band" if improvement
+             else "val/spec_loss at the best step, per band")
+    table = Table(title=title, header_style="bold")
+    table.add_column("run")
+    table.add_column("overall", justify="right")
+    for group in groups:
+        table.add_column(group, justify="right")
+    for row in rows:
+        overall = row["improvement"] if improvement else row["best"]
+        table.add_row(row["run"], _num(overall, "+.4f" if improvement else ".5f"),
+                      *(_num(row["breakdown"].get(g), "+.4f" if improvement else ".5f") for g in groups))
+    console = Console(file=io.StringIO(), width=width or 160, force_terminal=False, color_system=None)
+    console.print(table)
+    if not groups:
+        console.print("(no per-group figures: these runs predate them, or have not validated yet)")
+    return console.file.getvalue()
+
+
 def render(rows: Sequence[dict[str, Any]], title: str | None = None, width: int | None = None) -> str:
     """The rows as a rich table (text, without colour codes when not printing to a terminal)."""
     from rich.console import Console
@@ -231,13 +282,16 @@ def to_json(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as CSV with a header line; overrides are joined by spaces."""
+    """The rows as CSV with a header line; overrides are joined by spaces, each breakdown group is a column."""
     out = io.StringIO()
-    fields = [k for k in (rows[0] if rows else row_of({}, Path("."))) if not k.startswith("_")]
-    writer = csv.DictWriter(out, fieldnames=fields)
+    fields = [k for k in (rows[0] if rows else row_of({}, Path("."))) if not k.startswith("_") and k != "breakdown"]
+    groups = sorted({g for row in rows for g in row["breakdown"]}, key=_group_order)
+    writer = csv.DictWriter(out, fieldnames=[*fields, *(f"breakdown.{g}" for g in groups)])
     writer.writeheader()
     for row in rows:
-        writer.writerow({**_public(row), "overrides": " ".join(row["overrides"])})
+        public = {k: v for k, v in _public(row).items() if k != "breakdown"}
+        writer.writerow({**public, "overrides": " ".join(row["overrides"]),
+                         **{f"breakdown.{g}": v for g, v in row["breakdown"].items()}})
     return out.getvalue()
 
 

@@ -36,6 +36,7 @@ from audiolab.sweep.study import (
     ATTR_BEST_STEP,
     ATTR_FAIL_REASON,
     ATTR_INTERRUPTED,
+    ATTR_PRUNED_REASON,
     ATTR_PRUNED_STEP,
     ATTR_RUN_DIR,
     ATTR_RUN_NUMBER,
@@ -78,6 +79,7 @@ def _row(trial: FrozenTrial) -> dict[str, Any]:
         "run_dir": attrs.get(ATTR_RUN_DIR),
         "pruned_step": pruned_step,
         "fail_reason": attrs.get(ATTR_FAIL_REASON) if failed else None,
+        "pruned_reason": attrs.get(ATTR_PRUNED_REASON) if pruned else None,
         "interrupted": bool(attrs.get(ATTR_INTERRUPTED)),
         # Set by Optuna on the copy of a stale trial that it re-queues.
         "retry_of": trial.system_attrs.get("failed_trial"),
@@ -250,6 +252,8 @@ def _note(row: dict[str, Any]) -> str:
     if row["fail_reason"]:
         first = next((ln.strip() for ln in str(row["fail_reason"]).splitlines() if ln.strip()), "")
         notes.append(first if len(first) <= _NOTE_WIDTH else first[:_NOTE_WIDTH - 3] + "...")
+    if row.get("pruned_reason"):
+        notes.append(str(row["pruned_reason"]).split(" > ")[0])  # "over the step-time budget: 0.31 s per step"
     if row["interrupted"]:
         notes.append("interrupted")
     if row["retry_of"] is not None:

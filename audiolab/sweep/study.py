@@ -22,6 +22,7 @@ STUDY_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 # Trial user attributes that tie a trial to its run (and back: run.json holds study and trial).
 ATTR_RUN_NUMBER, ATTR_RUN_DIR, ATTR_WANDB_ID = "run_number", "run_dir", "wandb_id"
 ATTR_FAIL_REASON, ATTR_INTERRUPTED, ATTR_PRUNED_STEP = "fail_reason", "interrupted", "pruned_step"
+ATTR_PRUNED_REASON = "pruned_reason"  # set when something other than the pruner stopped the trial
 ATTR_BEST_STEP = "best_step"
 
 

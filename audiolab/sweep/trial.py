@@ -28,6 +28,7 @@ from audiolab.sweep.study import (
     ATTR_BEST_STEP,
     ATTR_FAIL_REASON,
     ATTR_INTERRUPTED,
+    ATTR_PRUNED_REASON,
     ATTR_PRUNED_STEP,
     ATTR_RUN_DIR,
     ATTR_RUN_NUMBER,
@@ -79,10 +80,12 @@ class Heartbeat:
 class TrialLink:
     """The trial this job runs, reopened from storage; every method is safe to call once the trial has ended."""
 
-    def __init__(self, study: optuna.Study, number: int, objectives: list[str]) -> None:
+    def __init__(self, study: optuna.Study, number: int, objectives: list[str],
+                 max_step_time: float | None = None) -> None:
         self.study = study
         self.number = number
         self.objectives = objectives
+        self.max_step_time = max_step_time  # hydra.sweeper.max_step_time: the run prunes itself past it
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         self.trial = optuna.Trial(study, trial_id)
         self._heartbeat: Heartbeat | None = None
@@ -99,7 +102,8 @@ class TrialLink:
         study = open_study(url, name, pruner=build_pruner(sweeper_cfg.get("pruner")),
                            heartbeat_interval=int(sweeper_cfg.heartbeat_interval),
                            grace_period=sweeper_cfg.get("grace_period"), max_retry=sweeper_cfg.get("max_retry"))
-        return cls(study, int(number), list(sweeper_cfg.objectives))
+        limit = sweeper_cfg.get("max_step_time")
+        return cls(study, int(number), list(sweeper_cfg.objectives), None if limit is None else float(limit))
 
     @property
     def study_name(self) -> str:
@@ -133,9 +137,11 @@ class TrialLink:
         self.trial.set_user_attr(ATTR_BEST_STEP, best_step)
         self._tell(values=values)
 
-    def prune(self, step: int) -> None:
-        """Tell the study the pruner stopped this trial at `step`."""
+    def prune(self, step: int, reason: str | None = None) -> None:
+        """Tell the study the pruner (or `reason`, e.g. the step-time budget) stopped this trial at `step`."""
         self.trial.set_user_attr(ATTR_PRUNED_STEP, step)
+        if reason:
+            self.trial.set_user_attr(ATTR_PRUNED_REASON, reason)
         self._tell(state=TrialState.PRUNED)
 
     def fail(self, reason: str, interrupted: bool = False) -> None:

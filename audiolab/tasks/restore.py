@@ -97,9 +97,16 @@ class PitchShiftRestore:
 
     def validation_pair(self, clean: torch.Tensor, first_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A pair with k cycling through the set by crop index, identical in every run."""
+        return self.degrade(clean, self._validation_shifts(first_index, clean.shape[0]))
+
+    def validation_groups(self, n_crops: int) -> dict[str, list[int]]:
+        """The validation crops of each shift, by label ("k-4" ... "k+4"), for the per-k figures."""
+        shifts = self._validation_shifts(0, n_crops)
+        return {f"k{k:+d}": [i for i, s in enumerate(shifts) if s == k] for k in sorted(set(shifts))}
+
+    def _validation_shifts(self, first_index: int, count: int) -> list[int]:
         n = len(self.semitones)
-        ks = [self.semitones[(first_index + i) % n] for i in range(clean.shape[0])]
-        return self.degrade(clean, ks)
+        return [self.semitones[(first_index + i) % n] for i in range(count)]
 
 
 def cutoff_table(sample_rate: int = 44100, semitones: Sequence[int] = (1, 2, 3, 4), lowpass_bank: int | None = 10,

@@ -4,6 +4,11 @@ The crops and degradations are the same in every run of a dataset and task, so a
 `val/spec_loss` are comparable whatever they trained on. With `metrics.val_cdpam=true` the validator also
 logs `val/cdpam`, the mean CDPAM distance (audiolab/losses/cdpam.py) of the outputs to the targets on the
 same crops: a learned perceptual figure beside the fixed spectral one, comparable between runs in the same way.
+
+Where the error is left: `val/spec_loss_<group>` and `val/improvement_<group>` for each band of
+`SPEC_BANDS_HZ` (low, mid, high) and, when the task labels its crops (`validation_groups`), for each label
+(the semitone shifts k-4 ... k+4 of the restoration task). They are means of per-crop distances (see
+`SpecDistance.per_crop`); the headline `val/spec_loss` is computed as it always was.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 from audiolab.common.distributed import SINGLE, World
 from audiolab.data.clips import AudioData, fixed_crops
 from audiolab.losses.cdpam import CdpamLoss
-from audiolab.metrics.spectral import SpecDistance
+from audiolab.metrics.spectral import ALL_BINS, SPEC_BANDS_HZ, SpecDistance
 from audiolab.models.base import AudioModel
 from audiolab.tasks.autoencode import active_dimensions
 from audiolab.train.device import autocast
@@ -27,15 +32,15 @@ class Validator:
 
     def __init__(self, data: AudioData, task: Any, device: torch.device, n_samples: int,
                  cdpam: bool = False) -> None:
-        crops = fixed_crops(data.val, data.segment, data.val_max_crops)
+        segment, batch_size = data.validation_segment, data.validation_batch_size
+        crops = fixed_crops(data.val, segment, data.val_max_crops)
         if not crops:
-            raise ValueError(f"the validation split has no clip of at least one segment ({data.segment} samples)")
-        clean = torch.from_numpy(np.stack([data.val.crop(c, s, data.segment) for c, s in crops])).to(device)
-        pairs = [task.validation_pair(clean[i:i + data.batch_size], i)
-                 for i in range(0, len(clean), data.batch_size)]
+            raise ValueError(f"the validation split has no clip of at least one validation crop ({segment} samples)")
+        clean = torch.from_numpy(np.stack([data.val.crop(c, s, segment) for c, s in crops])).to(device)
+        pairs = [task.validation_pair(clean[i:i + batch_size], i) for i in range(0, len(clean), batch_size)]
         self.inputs = torch.cat([p[0] for p in pairs])
         self.targets = torch.cat([p[1] for p in pairs])
-        self.batch_size = data.batch_size
+        self.batch_size = batch_size
         self.sample_rate = data.sample_rate
         self.distance = SpecDistance().to(device)
         # Frozen pretrained CDPAM (needs the `cdpam` extra); built only when metrics.val_cdpam asks for it.
@@ -43,6 +48,9 @@ class Validator:
         # Sample clips spread over the validation set, the same in every run.
         self.sample_index = np.linspace(0, len(crops) - 1, n_samples).round().astype(int).tolist() if n_samples else []
         self.baseline = self.mean_distance(self.inputs) if task.has_input_baseline else None
+        groups = task.validation_groups(len(crops)) if hasattr(task, "validation_groups") else {}
+        self.groups = {label: torch.as_tensor(idx, dtype=torch.long) for label, idx in groups.items() if idx}
+        self.baseline_crops = self.crop_distances(self.inputs) if task.has_input_baseline else None
         # Without a do-nothing baseline (autoencoding), silence is the fixed reference instead.
         self.silence = None if task.has_input_baseline else self.mean_distance(torch.zeros_like(self.targets))
         self.active_threshold = float(getattr(task, "active_threshold", 0.01))
@@ -54,6 +62,31 @@ class Validator:
             out, tgt = outputs[i:i + self.batch_size], self.targets[i:i + self.batch_size]
             total += float(self.distance(out, tgt)) * len(out)
         return total / len(outputs)
+
+    @torch.no_grad()
+    def crop_distances(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-crop distances of outputs to the targets, over all bins and per band: (N,) CPU tensors each."""
+        parts = [self.distance.per_crop(outputs[i:i + self.batch_size], self.targets[i:i + self.batch_size],
+                                        self.sample_rate) for i in range(0, len(outputs), self.batch_size)]
+        return {name: torch.cat([p[name].cpu() for p in parts]) for name in parts[0]}
+
+    def breakdown(self, crops: dict[str, torch.Tensor]) -> dict[str, float]:
+        """val/spec_loss_<group> and val/improvement_<group> per band and per crop label, from per-crop distances."""
+        selections = [(band, crops[band]) for band in SPEC_BANDS_HZ]
+        selections += [(label, crops[ALL_BINS][idx]) for label, idx in self.groups.items()]
+        base = ([(band, self.baseline_crops[band]) for band in SPEC_BANDS_HZ]
+                + [(label, self.baseline_crops[ALL_BINS][idx]) for label, idx in self.groups.items()]
+                if self.baseline_crops is not None else [])
+        baselines = {name: float(values.mean()) for name, values in base}
+        metrics: dict[str, float] = {}
+        for name, values in selections:
+            value = float(values.mean())
+            if not np.isfinite(value):  # a band above Nyquist at a low rate: nothing to report
+                continue
+            metrics[f"val/spec_loss_{name}"] = value
+            if name in baselines:
+                metrics[f"val/improvement_{name}"] = 1.0 - value / baselines[name]
+        return metrics
 
     @torch.no_grad()
     def mean_cdpam(self, outputs: torch.Tensor) -> float:
@@ -94,6 +127,8 @@ class Validator:
             metrics["val/spec_loss_silence"] = self.silence
         if self.cdpam is not None:
             metrics["val/cdpam"] = sum(p["cdpam"] for p in parts) / n
+        metrics.update(self.breakdown({name: torch.cat([p["crops"][name] for p in parts])
+                                       for name in parts[0]["crops"]}))
         if "kl" in parts[0]:
             metrics["val/kl"] = sum(p["kl"] for p in parts) / n
             latents = torch.cat([p["latent"] for p in parts])
@@ -107,7 +142,9 @@ class Validator:
             out, stats = model.forward_with_stats(batch)
         out = out.float()
         part: dict[str, Any] = {"start": start, "output": out,
-                                "distance": float(self.distance(out, target)) * len(out)}
+                                "distance": float(self.distance(out, target)) * len(out),
+                                "crops": {k: v.cpu() for k, v in self.distance.per_crop(out, target,
+                                                                                         self.sample_rate).items()}}
         if self.cdpam is not None:
             part["cdpam"] = float(self.cdpam.distance(out, target).sum())
         if "kl" in stats:

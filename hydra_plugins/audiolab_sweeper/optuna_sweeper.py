@@ -110,6 +110,9 @@ class AudiolabOptunaSweeperConf:
     # D devices per trial: each worker gets D GPUs (CUDA_VISIBLE_DEVICES), or 1/D of its CPU threads per process.
     devices_per_trial: int = 1
     max_failures: int | None = 5
+    # Prune a trial at a validation once its mean seconds per training step exceed this (null: no limit), so a
+    # search under a wall-time budget spends nothing on recipes too slow for it.
+    max_step_time: float | None = None
     # Search space in Hydra's override grammar, e.g. `optim.lr: tag(log, interval(1e-4, 1e-2))`.
     params: dict[str, str] = field(default_factory=dict)
     # Trials to run first, each a space-separated list of overrides, e.g. "optim.lr=1e-3 model.blocks_per_level=2".
