@@ -96,7 +96,7 @@ def read_rows(outputs: Path) -> list[dict[str, Any]]:
 def row_of(record: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The table's fields of one run.json."""
     best = _finite(record.get("best_val_spec_loss"))
-    final = record.get("final") or {}
+    final = record.get("final") or record.get("best_val") or {}  # a running run has no final line yet
     baseline = _finite(final.get("val/spec_loss_input"))
     improvement = 1.0 - best / baseline if best is not None and baseline else None
     sweep = Path(record["sweep_dir"]).name if record.get("sweep_dir") else None
