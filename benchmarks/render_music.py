@@ -3,8 +3,8 @@
 built-in generator's.
 
     apt-get install fluidsynth fluid-soundfont-gm          # Debian: the synthesizer and its GM soundfont
-    python benchmarks/render_music.py /tmp/gm_music --pieces 48 --seconds 20
-    python run.py data=folder data.path=/tmp/gm_music      # the default recipe on it
+    python benchmarks/render_music.py gm_music --pieces 48 --seconds 20
+    python run.py data=folder data.path=gm_music      # the default recipe on it
 
 Each piece is a short arrangement written here: a chord progression in a random key and tempo, played as a
 bass line, a comped or arpeggiated harmony and a melody, each on a General-MIDI instrument drawn from a
