@@ -26,14 +26,12 @@ import math
 import auraloss
 import torch
 
+from audiolab.metrics.bands import ALL_BINS, SPEC_BANDS_HZ
+
 SPEC_LOSS_VERSION = 1
 SPEC_FFT_SIZES = (4096, 2048, 1024, 512, 256, 128)
 SPEC_HOP_SIZES = tuple(n // 4 for n in SPEC_FFT_SIZES)
 SPEC_FLOOR_DB = -80.0
-# Where the log's author suspected the error sits ("the lower frequencies are where the problem is"):
-# the fundamentals, the low harmonics, and the rest.
-SPEC_BANDS_HZ = {"low": (0.0, 500.0), "mid": (500.0, 4000.0), "high": (4000.0, math.inf)}
-ALL_BINS = "all"
 
 
 def magnitude_floor(n_fft: int, floor_db: float = SPEC_FLOOR_DB) -> float:

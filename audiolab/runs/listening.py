@@ -495,17 +495,19 @@ def _summary_html(runs: Sequence[RunView]) -> str:
 
 def _breakdown_html(runs: Sequence[RunView]) -> str:
     """Where the error is left: per shift and band, each run's figure at its best step; the best per row bold."""
+    from audiolab.metrics.bands import describe_bands
     from audiolab.runs.table import breakdown_of
 
-    at_best = []
+    at_best, improvement = [], False
     for run in runs:
         _, step = run.best()
         line = next((m for m in run.metrics if m.get("step") == step and CURVE_METRIC in m), {})
         at_best.append(breakdown_of(line))
+        improvement = improvement or "val/improvement" in line
     groups = list(dict.fromkeys(g for figures in at_best for g in figures))
     if not groups:
         return '<p class="note">These runs logged no per-shift or per-band figures.</p>'
-    improvement = any(r.metric_at("val/improvement", r.best()[1]) is not None for r in runs)
+
     pick = max if improvement else min
     head = "<tr><th>group</th>" + "".join(f"<th>{_e(r.name)}</th>" for r in runs) + "</tr>"
     body = []
@@ -519,7 +521,7 @@ def _breakdown_html(runs: Sequence[RunView]) -> str:
     what = ("val/improvement (1 - distance / do-nothing distance; higher is better)" if improvement
             else "val/spec_loss (lower is better)")
     return (f'<table class="summary">{head}{"".join(body)}</table><p class="note">{what} at each run\'s best step, '
-            "per semitone shift k and per band (low &lt; 500 Hz, mid 500 Hz to 4 kHz, high &gt; 4 kHz).</p>")
+            f"per semitone shift k and per band ({_e(describe_bands())}).</p>")
 
 
 def _config_html(runs: Sequence[RunView]) -> str:

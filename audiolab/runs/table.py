@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from audiolab.common.numbering import existing_numbers
+from audiolab.metrics.bands import SPEC_BANDS_HZ
 from audiolab.runs.record import process_alive
 
 # Overrides every run carries for where it writes, not for what it trains: left out of the table.
@@ -136,7 +137,7 @@ def _group_order(group: str) -> tuple[int, float, str]:
     """Shifts in numeric order (k-4 ... k+4), then the bands from low to high, then anything else."""
     if re.fullmatch(r"k[+-]\d+", group):
         return 0, float(group[1:]), group
-    bands = ("low", "mid", "high")
+    bands = list(SPEC_BANDS_HZ)
     return (1, float(bands.index(group)), group) if group in bands else (2, 0.0, group)
 
 
@@ -227,7 +228,6 @@ def _params(count: int | None) -> str:
 
 def render_breakdown(rows: Sequence[dict[str, Any]], width: int | None = None) -> str:
     """Where the error is left: each run's per-k and per-band figures at its best step, one column per group."""
-    from rich.console import Console
     from rich.table import Table
 
     groups = list(dict.fromkeys(g for row in rows for g in row["breakdown"]))
@@ -244,16 +244,12 @@ def render_breakdown(rows: Sequence[dict[str, Any]], width: int | None = None) -
         overall = row["improvement"] if improvement else row["best"]
         table.add_row(row["run"], _num(overall, "+.4f" if improvement else ".5f"),
                       *(_num(row["breakdown"].get(g), "+.4f" if improvement else ".5f") for g in groups))
-    console = Console(file=io.StringIO(), width=width or 160, force_terminal=False, color_system=None)
-    console.print(table)
-    if not groups:
-        console.print("(no per-group figures: these runs predate them, or have not validated yet)")
-    return console.file.getvalue()
+    empty = "(no per-group figures: these runs predate them, or have not validated yet)" if not groups else None
+    return _text(table, width, empty)
 
 
 def render(rows: Sequence[dict[str, Any]], title: str | None = None, width: int | None = None) -> str:
     """The rows as a rich table (text, without colour codes when not printing to a terminal)."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, header_style="bold")
@@ -271,8 +267,17 @@ def render(rows: Sequence[dict[str, Any]], title: str | None = None, width: int 
         status = row["status"]
         style = "red" if status in ("failed", "dead") else "dim" if status in ("pruned", "interrupted") else None
         table.add_row(*(text[i] for i in shown), style=style)
+    return _text(table, width)
+
+
+def _text(table: Any, width: int | None, after: str | None = None) -> str:
+    """A rich table as plain text (no colour codes), with an optional line after it."""
+    from rich.console import Console
+
     console = Console(file=io.StringIO(), width=width or 160, force_terminal=False, color_system=None)
     console.print(table)
+    if after:
+        console.print(after)
     return console.file.getvalue()
 
 

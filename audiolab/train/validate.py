@@ -21,7 +21,8 @@ import torch
 from audiolab.common.distributed import SINGLE, World
 from audiolab.data.clips import AudioData, fixed_crops
 from audiolab.losses.cdpam import CdpamLoss
-from audiolab.metrics.spectral import ALL_BINS, SPEC_BANDS_HZ, SpecDistance
+from audiolab.metrics.bands import ALL_BINS, SPEC_BANDS_HZ
+from audiolab.metrics.spectral import SpecDistance
 from audiolab.models.base import AudioModel
 from audiolab.tasks.autoencode import active_dimensions
 from audiolab.train.device import autocast
@@ -50,7 +51,8 @@ class Validator:
         self.baseline = self.mean_distance(self.inputs) if task.has_input_baseline else None
         groups = task.validation_groups(len(crops)) if hasattr(task, "validation_groups") else {}
         self.groups = {label: torch.as_tensor(idx, dtype=torch.long) for label, idx in groups.items() if idx}
-        self.baseline_crops = self.crop_distances(self.inputs) if task.has_input_baseline else None
+        baseline_crops = self.crop_distances(self.inputs) if task.has_input_baseline else None
+        self.group_baselines = self._group_means(baseline_crops) if baseline_crops is not None else {}
         # Without a do-nothing baseline (autoencoding), silence is the fixed reference instead.
         self.silence = None if task.has_input_baseline else self.mean_distance(torch.zeros_like(self.targets))
         self.active_threshold = float(getattr(task, "active_threshold", 0.01))
@@ -72,21 +74,19 @@ class Validator:
 
     def breakdown(self, crops: dict[str, torch.Tensor]) -> dict[str, float]:
         """val/spec_loss_<group> and val/improvement_<group> per band and per crop label, from per-crop distances."""
-        selections = [(band, crops[band]) for band in SPEC_BANDS_HZ]
-        selections += [(label, crops[ALL_BINS][idx]) for label, idx in self.groups.items()]
-        base = ([(band, self.baseline_crops[band]) for band in SPEC_BANDS_HZ]
-                + [(label, self.baseline_crops[ALL_BINS][idx]) for label, idx in self.groups.items()]
-                if self.baseline_crops is not None else [])
-        baselines = {name: float(values.mean()) for name, values in base}
         metrics: dict[str, float] = {}
-        for name, values in selections:
-            value = float(values.mean())
+        for name, value in self._group_means(crops).items():
             if not np.isfinite(value):  # a band above Nyquist at a low rate: nothing to report
                 continue
             metrics[f"val/spec_loss_{name}"] = value
-            if name in baselines:
-                metrics[f"val/improvement_{name}"] = 1.0 - value / baselines[name]
+            if name in self.group_baselines:
+                metrics[f"val/improvement_{name}"] = 1.0 - value / self.group_baselines[name]
         return metrics
+
+    def _group_means(self, crops: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Mean per-crop distance of each band (its own bins) and of each crop label (all bins)."""
+        means = {band: float(crops[band].mean()) for band in SPEC_BANDS_HZ}
+        return means | {label: float(crops[ALL_BINS][idx].mean()) for label, idx in self.groups.items()}
 
     @torch.no_grad()
     def mean_cdpam(self, outputs: torch.Tensor) -> float:
