@@ -14,8 +14,9 @@ install: $(STAMP)
 
 # The stamp is rebuilt when the dependency spec or the lock changes; `--locked` refuses a stale lock.
 # EXTRAS is what every target syncs (`uv sync` removes packages not asked for, so all must name the same ones):
-# dev (pytest, ruff, import-linter) and cdpam (`loss=cdpam`, `metrics.val_cdpam`).
-EXTRAS := --extra dev --extra cdpam
+# dev (pytest, ruff, import-linter), cdpam (`loss=cdpam`, `metrics.val_cdpam`) and export (`audiolab export
+# --format onnx` and its check with onnxruntime).
+EXTRAS := --extra dev --extra cdpam --extra export
 $(STAMP): pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --locked --compile-bytecode $(EXTRAS)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from audiolab.config.schema import ConfigError
+from audiolab.inference.commands import add_commands as add_inference_commands
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -352,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(commands)
     _add_evaluate(commands)
     _add_compare(commands)
+    add_inference_commands(commands)
     return parser
 
 
