@@ -203,3 +203,23 @@ def test_the_spectrogram_model_exports_offline_but_refuses_streaming_and_onnx_wi
         assert (exported(x) - run.model(x)).abs().max() < 1e-5
         with pytest.raises(torch.jit.Error, match="traced for"):
             exported(x[..., :-run.hop])
+
+
+def test_the_vae_exports_to_onnx_with_its_encoder_decoder_and_noise(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from audiolab.inference.export import export_run
+    from audiolab.inference.run_model import RunModel
+
+    model = _randomised("pqmf_vae_noise_snake_stereo")
+    cfg = OmegaConf.create({"data": {"sample_rate": 44100, "channels": 2, "segment": 256},
+                            "model": {"_target_": "audiolab.models.pqmf_vae.PqmfVAE"},
+                            "task": {"_target_": "audiolab.tasks.autoencode.Autoencode"}})
+    run = RunModel(tmp_path, cfg, model, "best", 7, "model", torch.device("cpu"), None)
+    path, meta = export_run(run, tmp_path / "vae.onnx", "onnx")
+    assert meta["task"] == "autoencode" and "noise" in meta
+    x = 0.3 * torch.randn(2, 2, 40 * run.hop + 5, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = streamable(model)(x).numpy()
+    [y] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"audio": x.numpy()})
+    assert y.shape == expected.shape and np.abs(y - expected).max() < 1e-5
