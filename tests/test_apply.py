@@ -172,3 +172,27 @@ def test_apply_says_when_there_is_nothing_to_do(tmp_path: Path, cli_env: dict[st
                            str(tmp_path / "o"), "--checkpoint", "last"],
                           cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "no audio files in" in done.stderr
+
+
+def test_a_stereo_model_gets_mono_files_duplicated_and_refuses_four_channels(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from audiolab.inference.run_model import RunModel
+    from audiolab.models.convnext1d import ConvNeXtUNet1d
+
+    model = ConvNeXtUNet1d([2, 4, 8], [1, 1], [4, 4]).eval()  # residual, last layer zero: the identity
+    cfg = OmegaConf.create({"data": {"sample_rate": 16000, "channels": 2, "segment": 1024},
+                            "model": {"_target_": "audiolab.models.convnext1d.ConvNeXtUNet1d", "channels": [2, 4, 8]},
+                            "task": {"_target_": "audiolab.tasks.restore.PitchShiftRestore"}})
+    run = RunModel(tmp_path, cfg, model, "best", 1, "model", torch.device("cpu"), None)
+    assert run.channels == 2
+    files = {"mono.wav": _noise(0.4, 16000, 1), "stereo.wav": _noise(0.4, 16000, 2), "quad.wav": _noise(0.4, 16000, 4)}
+    for name, audio in files.items():
+        sf.write(tmp_path / name, audio, 16000, subtype="FLOAT")
+    outcomes = {o.source.name: o for o in apply_run(run, [tmp_path / n for n in files], tmp_path / "out",
+                                                    progress=False)}
+    assert "4 channels, but the model takes 2" in outcomes["quad.wav"].error
+    for name in ("mono.wav", "stereo.wav"):
+        assert outcomes[name].error is None
+        back, _ = sf.read(tmp_path / "out" / name, dtype="float32", always_2d=True)
+        assert np.abs(back - files[name]).max() < 1e-5

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from audiolab.models.base import AudioModel
+from audiolab.models.base import AudioModel, audio_channels_of
 from audiolab.runs.session import load_resolved_config
 from audiolab.train.checkpoint import load_checkpoint
 from audiolab.train.device import autocast_dtype, pick_device
@@ -38,8 +38,8 @@ class RunModel:
 
     @property
     def channels(self) -> int:
-        """Audio channels the model takes."""
-        return int(self.cfg.data.get("channels", 1) or 1)
+        """Audio channels the model takes (from the model's config, else the data's)."""
+        return int(audio_channels_of(self.cfg.model) or self.cfg.data.get("channels", 1) or 1)
 
     @property
     def segment(self) -> int:
