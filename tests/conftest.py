@@ -32,6 +32,14 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=overrides)
 
 
+def train_run(outputs: Path, cache: Path, *extra: str) -> Path:
+    """Train a tiny CPU run (debug=fast plus `extra`) in the next numbered directory of `outputs`; return it."""
+    cfg = compose_config(["debug=fast", "logger=none", f"paths.outputs={outputs}", f"paths.cache={cache}", *extra])
+    run_dir = allocate(outputs)
+    run_training(cfg, run_dir)
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One dataset cache for the whole session, so the synthetic data is generated once."""

@@ -13,30 +13,21 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiolab.common.numbering import allocate
 from audiolab.inference.apply import Applier, Windows, apply_run
 from audiolab.inference.run_model import load_run_model
-from audiolab.runs.session import run_training
-from conftest import compose_config
-
-
-def _train(outputs: Path, cache: Path, *extra: str) -> Path:
-    cfg = compose_config(["debug=fast", "logger=none", f"paths.outputs={outputs}", f"paths.cache={cache}", *extra])
-    run_dir = allocate(outputs)
-    run_training(cfg, run_dir)
-    return run_dir
+from conftest import train_run
 
 
 @pytest.fixture(scope="module")
 def restore_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     """A tiny trained restoration run (debug=fast ConvNeXt-1D: segment 4096, hop 256 -> 16 windows per 50k)."""
-    return _train(tmp_path_factory.mktemp("apply") / "outputs", cache_dir)
+    return train_run(tmp_path_factory.mktemp("apply") / "outputs", cache_dir)
 
 
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     """A tiny trained autoencoder run (debug=fast PQMF VAE)."""
-    return _train(tmp_path_factory.mktemp("apply_vae") / "outputs", cache_dir, "experiment=rave_v2_small",
+    return train_run(tmp_path_factory.mktemp("apply_vae") / "outputs", cache_dir, "experiment=rave_v2_small",
                   "data.segment=8192")
 
 
@@ -128,7 +119,7 @@ def test_memory_does_not_grow_with_the_files_length(restore_run: Path, tmp_path:
 
 def test_the_best_checkpoint_uses_the_ema_weights_and_last_the_trained_ones(
         tmp_path: Path, cache_dir: Path) -> None:
-    run_dir = _train(tmp_path / "outputs", cache_dir, "trainer.ema_decay=0.5")
+    run_dir = train_run(tmp_path / "outputs", cache_dir, "trainer.ema_decay=0.5")
     best, last = load_run_model(run_dir, "best", "cpu"), load_run_model(run_dir, "last", "cpu")
     assert (best.weights, last.weights) == ("ema", "model")
     payload = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)

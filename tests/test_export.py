@@ -13,15 +13,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from audiolab.common.numbering import allocate
 from audiolab.inference.convert import NotStreamable, streamable
 from audiolab.inference.export import BlockStream
 from audiolab.inference.run_model import load_run_model
 from audiolab.models.convnext1d import ConvNeXtUNet1d
 from audiolab.models.convnext2d_spec import ConvNeXtUNet2dSpec
 from audiolab.models.pqmf_vae import PqmfVAE
-from audiolab.runs.session import run_training
-from conftest import compose_config
+from conftest import train_run
 
 VAE = dict(n_bands=4, capacity=8, ratios=[2, 2], latent_size=4, noise_hidden=8, noise_ratios=[2], noise_bands=8)
 MODELS = {
@@ -101,16 +99,9 @@ def test_the_spectrogram_model_cannot_stream_and_says_why() -> None:
         streamable(ConvNeXtUNet2dSpec([2, 8, 16], [1, 1], [2, 2], n_fft=64))
 
 
-def _train(outputs: Path, cache: Path, *extra: str) -> Path:
-    cfg = compose_config(["debug=fast", "logger=none", f"paths.outputs={outputs}", f"paths.cache={cache}", *extra])
-    run_dir = allocate(outputs)
-    run_training(cfg, run_dir)
-    return run_dir
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    return _train(tmp_path_factory.mktemp("export") / "outputs", cache_dir)
+    return train_run(tmp_path_factory.mktemp("export") / "outputs", cache_dir)
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -187,7 +178,7 @@ def test_the_onnx_export_gives_the_runs_output_in_onnxruntime(trained: Path, tmp
 
 def test_the_spectrogram_model_exports_offline_but_refuses_streaming_and_onnx_with_reasons(
         tmp_path: Path, cache_dir: Path, cli_env: dict[str, str]) -> None:
-    run_dir = _train(tmp_path / "outputs", cache_dir, "model=convnext2d_spec")
+    run_dir = train_run(tmp_path / "outputs", cache_dir, "model=convnext2d_spec")
     done = _cli(["export", str(run_dir), "--streaming"], cli_env, tmp_path)
     assert done.returncode == 2 and "STFT is centred" in done.stderr and "Traceback" not in done.stderr
     done = _cli(["export", str(run_dir), "--format", "onnx"], cli_env, tmp_path)
