@@ -222,6 +222,15 @@ def _output_format(handle: sf.SoundFile, out: Path) -> tuple[Path, str, str]:
     return out.with_suffix(".wav"), "WAV", "FLOAT"
 
 
+def _finish(out: sf.SoundFile, back: StreamingResampler, frames: int, written: int) -> None:
+    """Write the resampler's last samples, cropped or zero-padded (its rounding) to exactly `frames`."""
+    tail = back.flush()[:frames - written]
+    out.write(tail)
+    written += len(tail)
+    if written < frames:
+        out.write(np.zeros((frames - written, out.channels), np.float32))
+
+
 class Applier:
     """Applies one run to files (see the module docstring)."""
 
@@ -277,11 +286,7 @@ class Applier:
                     written += len(block)
                 for i, y in enumerate(self._batches(windows, bar)):
                     write(fader.add(y, last=i == n_windows - 1))
-                tail = back.flush()[:frames - written]
-                out.write(tail)
-                written += len(tail)
-                if written < frames:  # the resampler's rounding: pad the last few samples
-                    out.write(np.zeros((frames - written, channels), np.float32))
+                _finish(out, back, frames, written)
         return target, frames / rate
 
     def latents(self, source: Path, target: Path) -> tuple[Path, float]:
@@ -353,11 +358,7 @@ class Applier:
                 block = back.push(np.ascontiguousarray(fader.add(y, last=i == n_windows - 1).T))[:frames - written]
                 out.write(block)
                 written += len(block)
-            tail = back.flush()[:frames - written]
-            out.write(tail)
-            written += len(tail)
-            if written < frames:
-                out.write(np.zeros((frames - written, channels), np.float32))
+            _finish(out, back, frames, written)
         return target, frames / rate
 
     def _run_decode(self, piece: np.ndarray, bar: tqdm) -> np.ndarray:

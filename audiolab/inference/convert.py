@@ -116,28 +116,6 @@ def _up(t: Transition1d, in_delay: int) -> ConvTranspose:
     return ConvTranspose(w, b, stride=f, crop_left=f // 2, in_delay=in_delay)
 
 
-class Nothing(nn.Module):
-    """The inner part of the innermost level: the identity."""
-
-    def __init__(self, delay: int) -> None:
-        super().__init__()
-        self.in_delay = self.out_delay = int(delay)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The identity."""
-        return x
-
-    @torch.jit.export
-    def reset(self) -> None:
-        """Nothing to forget."""
-        pass
-
-    @torch.jit.export
-    def stream(self, x: torch.Tensor) -> torch.Tensor:
-        """The identity."""
-        return x
-
-
 class Level(nn.Module):
     """One U-Net level: down, blocks, the deeper levels, blocks, up; plus the skip of this resolution."""
 
@@ -146,7 +124,7 @@ class Level(nn.Module):
         self.down = _down(model.down[i], in_delay)
         self.enc = _blocks(model.enc[i], self.down.out_delay)
         deeper = i + 1 < len(model.down)
-        self.inner = Level(model, i + 1, self.enc.out_delay) if deeper else Nothing(self.enc.out_delay)
+        self.inner = Level(model, i + 1, self.enc.out_delay) if deeper else Pointwise(nn.Identity(), self.enc.out_delay)
         self.dec = _blocks(model.dec[i], self.inner.out_delay)
         self.up = _up(model.up[i], self.dec.out_delay)
         self.has_skip = i > 0  # level 0's input is the audio: the model adds it only with predict_residual
@@ -346,7 +324,7 @@ class StreamingVAE(Streamable):
         self.analysis, self.encoder, self.decoder, self.waveform = analysis, encoder, decoder, waveform
         self.align_waveform = Delay(bands_delay - waveform.out_delay)
         self.has_noise = has_noise
-        self.noise = noise if noise is not None else Nothing(decoder.out_delay)
+        self.noise = noise if noise is not None else Pointwise(nn.Identity(), decoder.out_delay)
         self.align_noise = Delay(bands_delay - (noise.out_delay if noise is not None else 0))
         self.synthesis = synthesis
         self.latent_size = latent

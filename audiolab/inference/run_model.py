@@ -12,7 +12,7 @@ from audiolab.models.base import AudioModel, audio_channels_of
 from audiolab.runs.session import load_resolved_config
 from audiolab.train.checkpoint import load_checkpoint
 from audiolab.train.device import autocast_dtype, pick_device
-from audiolab.train.state import checkpoint_step, upgrade
+from audiolab.train.state import checkpoint_step, inference_weights, upgrade
 from audiolab.train.trainer import build_model
 
 CHECKPOINTS = ("best", "last")
@@ -72,12 +72,8 @@ def load_run_model(run_dir: Path, checkpoint: str = "best", device: str | None =
     payload = upgrade(load_checkpoint(path, map_location="cpu", trust=trust))
     model = build_model(cfg.model, torch.device("cpu"))
     # `best`: the weights validation scored (the EMA's where kept); `last`: the trained weights themselves.
-    ema = payload.get("ema") if checkpoint == "best" else None
-    if ema:
-        state = {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
-    else:
-        state = payload["model"]
-    model.load_state_dict(state)
+    ema = bool(payload.get("ema")) and checkpoint == "best"
+    model.load_state_dict(inference_weights(payload) if checkpoint == "best" else payload["model"])
     model = model.to(where).eval()
     return RunModel(run_dir, cfg, model, checkpoint, checkpoint_step(payload), "ema" if ema else "model", where,
                     autocast_dtype(where, str(cfg.trainer.precision)))
