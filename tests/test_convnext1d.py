@@ -73,11 +73,23 @@ def test_invalid_scale_vs_channels_raises(bad: list[float]) -> None:
         (dict(channels=[1, 4, 8], blocks=[1], factors=[2, 2]), "blocks"),
         (dict(channels=[1, 4, 8], blocks=[1, 1], factors=[2, 0]), "factors"),
         (dict(channels=[1, 0, 8], blocks=[1, 1], factors=[2, 2]), "channels"),
+        (dict(channels=[1, 4, 8], blocks=[1, 1], factors=[2, 2], kernel_sizes=[7]), "kernel_sizes"),
+        (dict(channels=[1, 4, 8], blocks=[1, 1], factors=[2, 2], kernel_sizes=[7, 0]), "kernel_sizes"),
     ],
 )
 def test_invalid_structure_raises(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         ConvNeXtUNet1d(**kwargs)
+
+
+def test_kernel_sizes_set_each_level_and_replace_kernel_size() -> None:
+    model = ConvNeXtUNet1d(**TINY, kernel_size=3, kernel_sizes=[31, 5])
+    for stages in (model.enc, model.dec):
+        assert [block.dwconv.kernel_size[0] for stage in stages for block in stage] == [31, 5]
+    uniform = ConvNeXtUNet1d(**TINY, kernel_size=9)
+    assert {block.dwconv.kernel_size[0] for stage in uniform.enc for block in stage} == {9}
+    x = torch.randn(2, 1, 100)
+    assert model(x).shape == x.shape
 
 
 def test_fold_is_lossless() -> None:

@@ -176,6 +176,7 @@ class ConvNeXtUNet1d(AudioModel):
         dropout: float = 0.0,
         init: str = "default",
         blocks_per_level: int | None = None,
+        kernel_sizes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         factors = _check_positive("factors", factors)
@@ -193,6 +194,10 @@ class ConvNeXtUNet1d(AudioModel):
             raise ValueError(f"model.blocks={list(blocks)} has {len(blocks)} entries: it needs one per level, "
                              f"len(model.factors) = {n} (model.factors={list(factors)})")
         _check_positive("kernel_size", [kernel_size])
+        kernels = _check_positive("kernel_sizes", kernel_sizes) if kernel_sizes is not None else (kernel_size,) * n
+        if len(kernels) != n:
+            raise ValueError(f"model.kernel_sizes={list(kernels)} has {len(kernels)} entries: it needs one per level, "
+                             f"len(model.factors) = {n} (model.factors={list(factors)})")
         _check_positive("expansion", [expansion])
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"model.dropout={dropout}: must be in [0, 1)")
@@ -200,11 +205,12 @@ class ConvNeXtUNet1d(AudioModel):
         if len(alphas) != n or any(not 0.0 <= a <= 1.0 for a in alphas):
             raise ValueError(f"model.scale_vs_channels={list(alphas)}: needs {n} values in [0, 1], one per level")
         self.channels, self.blocks, self.factors, self.scale_vs_channels = channels, blocks, factors, alphas
+        self.kernel_sizes = kernels
         self.predict_residual = predict_residual
 
         def stage(i: int) -> nn.Sequential:
             return nn.Sequential(
-                *(ConvNeXtBlock(channels[i + 1], kernel_size, expansion, dropout) for _ in range(blocks[i]))
+                *(ConvNeXtBlock(channels[i + 1], kernels[i], expansion, dropout) for _ in range(blocks[i]))
             )
 
         self.down = nn.ModuleList(
