@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import weakref
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,10 @@ import soundfile as sf
 import torch
 from hydra.utils import instantiate
 
+import audiolab.runs.session as session
 from audiolab.cli import main as audiolab_main
 from audiolab.runs.record import read_metrics
-from audiolab.runs.session import RunFailed, load_resolved_config, run_training
+from audiolab.runs.session import RunFailed, RunInterrupted, load_resolved_config, run_training
 from audiolab.train.checkpoint import load_checkpoint
 from audiolab.train.validate import Validator
 from conftest import compose_config
@@ -271,3 +274,26 @@ def test_a_refused_checkpoint_leaves_a_completed_run_completed(tmp_path: Path, c
                              "--trust-checkpoint", "metrics.embedder=logmel"], cwd=tmp_path, env=cli_env,
                             capture_output=True, text=True, timeout=120)
     assert scored.returncode == 2 and "code ran" in scored.stdout and "holds a NoneType" in scored.stderr
+
+
+def test_a_ctrl_c_while_the_run_starts_stops_it_even_where_python_drops_the_interrupt(
+        run_tiny, outputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sweep test's hang: a SIGINT that lands in a weakref callback (SQLAlchemy's, during the trial's
+    # start) raises KeyboardInterrupt there, and Python ignores it. The run must still stop.
+    class Doomed:
+        pass
+
+    opened = session._open_record
+
+    def open_then_interrupt_in_a_callback(*args, **kwargs):
+        record = opened(*args, **kwargs)
+        thing = Doomed()
+        weakref.finalize(thing, signal.raise_signal, signal.SIGINT)
+        del thing  # the finalizer runs now, and the handler with it, inside the callback
+        return record
+
+    monkeypatch.setattr(session, "_open_record", open_then_interrupt_in_a_callback)
+    with pytest.raises(RunInterrupted):
+        run_tiny("trainer.max_steps=40")
+    record = json.loads((outputs / "output01" / "run.json").read_text())
+    assert record["status"] == "interrupted"

@@ -44,6 +44,7 @@ from audiolab.runs.snapshot import code_drift
 from audiolab.train.checkpoint import load_checkpoint
 from audiolab.train.hooks import CheckpointHook, ConsoleHook, Hook, Hooks, RunEnd, StepCallback, TrainResult
 from audiolab.train.recipes.base import NonFiniteLossError
+from audiolab.train.signals import stop_on_signals
 from audiolab.train.state import TrainState
 from audiolab.train.trainer import Training, train
 
@@ -218,16 +219,17 @@ def _run_training(cfg: DictConfig, run_dir: Path, *, resume: bool = False, fresh
             raise RunInterrupted(end.signal or signal.SIGINT, run_dir)
         return end.result
     with log_to_file(run_dir, world):
-        record = _open_record(run_dir, cfg, meta, resume)
-        log.info("audiolab: %s %s -> %s%s", "resuming" if resume else "run", run_dir.name, run_dir,
-                 f" (study {trial.study_name}, trial {trial.number})" if trial is not None else "")
-        hooks = _run_hooks(cfg, run_dir, record, meta, trial, after_step, resume, tracker)
-        stop = None
-        if stop_after is not None:
-            reason = f"reproduce --check --steps {stop_after}" if "check" in meta else f"stop_after={stop_after}"
-            stop = StopAfterStep(stop_after, record, reason)
-            hooks.append(stop)
-        end, raised = _train_to_end(cfg, run_dir, hooks, resume)
+        with stop_on_signals():  # from run.json on a Ctrl-C stops the run cleanly; the loop shares this record
+            record = _open_record(run_dir, cfg, meta, resume)
+            log.info("audiolab: %s %s -> %s%s", "resuming" if resume else "run", run_dir.name, run_dir,
+                     f" (study {trial.study_name}, trial {trial.number})" if trial is not None else "")
+            hooks = _run_hooks(cfg, run_dir, record, meta, trial, after_step, resume, tracker)
+            stop = None
+            if stop_after is not None:
+                reason = f"reproduce --check --steps {stop_after}" if "check" in meta else f"stop_after={stop_after}"
+                stop = StopAfterStep(stop_after, record, reason)
+                hooks.append(stop)
+            end, raised = _train_to_end(cfg, run_dir, hooks, resume)
         Hooks(hooks).on_end(end)  # one pass: each hook records its own part of how the run ended
         _log_end(run_dir.name, end)
         if not isinstance(raised, RankLost):
